@@ -1,0 +1,1 @@
+"""dba-vqa: visual question answering with Dynamic Bilinear Low-Rank Attention."""
