@@ -8,13 +8,23 @@ a misspelled key or a value of the wrong type fails at load time.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 __all__ = [
     "ImageEncoderConfig",
     "TextEncoderConfig",
     "FusionConfig",
     "ModelConfig",
+    "DataConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "RunConfig",
+    "load_config",
+    "config_to_yaml",
 ]
 
 
@@ -88,3 +98,104 @@ class ModelConfig:
     # bce: binary cross-entropy on soft VQA scores; ce: cross-entropy for single-answer data sets.
     loss: str = "bce"
     num_answers: Optional[int] = None
+
+
+@dataclass
+class DataConfig:
+    """Which data set to read and how to batch it."""
+
+    dataset: str = "easy_vqa"  # vqav2 | gqa | clevr | easy_vqa | sort_of_clevr
+    root: str = "data/easy_vqa"
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    # Answer vocabulary: keep the top_k most frequent answers (0 keeps all) seen at least min_count times.
+    top_k: int = 0
+    min_count: int = 1
+    batch_size: int = 64
+    eval_batch_size: int = 128
+    num_workers: int = 2
+    # What to do with an image that fails to decode: skip (counted and logged) or raise.
+    on_bad_image: str = "skip"
+    # Image augmentation during training; off keeps left/right and colour questions answerable.
+    augment: bool = False
+    # Use at most this many training / evaluation questions (0 uses all); for smoke runs.
+    max_train_samples: int = 0
+    max_eval_samples: int = 0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.98)
+    warmup_steps: int = 500
+    schedule: str = "cosine"  # cosine | step | constant
+    # Step decay: multiply the learning rate by step_gamma at each of these fractions of training.
+    step_milestones: list[float] = field(default_factory=lambda: [0.6, 0.85])
+    step_gamma: float = 0.2
+    min_lr_ratio: float = 0.01
+    grad_clip: float = 1.0  # 0 disables clipping
+    grad_accum_steps: int = 1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    # Stop after this many optimizer steps (0: run all epochs); also caps the schedule length.
+    max_steps: int = 0
+    # Stop after this many minutes of training (0: no limit); the schedule still spans max_steps / epochs.
+    time_limit_min: float = 0.0
+    seed: int = 0
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    device: str = "auto"  # auto | cpu | cuda
+    output_dir: str = "runs/default"
+    log_every: int = 20
+    # Also write a mid-epoch checkpoint every this many optimizer steps (0: only at epoch ends).
+    checkpoint_every: int = 0
+    eval_every_epochs: int = 1
+    # Metric used to pick the best checkpoint.
+    best_metric: str = "accuracy"
+    compile: bool = False
+
+
+@dataclass
+class RunConfig:
+    """Everything a training run needs; saved as ``config.yaml`` in the run folder."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Merge a YAML preset and ``key=value`` overrides onto the ``RunConfig`` defaults.
+
+    Args:
+        path: YAML preset (for example ``models/easy_vqa_dba.yaml``); None uses the defaults.
+        overrides: dotted assignments such as ``train.epochs=3`` or ``model.fusion.attention=full``.
+
+    Raises:
+        FileNotFoundError: the preset does not exist.
+        ValueError: an unknown key, a value of the wrong type, or a malformed override.
+    """
+    merged = OmegaConf.structured(RunConfig)
+    try:
+        if path is not None:
+            preset = Path(path)
+            if not preset.is_file():
+                raise FileNotFoundError(f"config file {preset} not found; presets live in models/*.yaml")
+            merged = OmegaConf.merge(merged, OmegaConf.load(preset))
+        for item in overrides:
+            if "=" not in item:
+                raise ValueError(f"override {item!r} is not of the form key=value, for example train.epochs=3")
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as error:
+        source = f" in {path}" if path is not None else ""
+        raise ValueError(f"invalid config{source}: {error}") from error
+    return OmegaConf.to_object(merged)
+
+
+def config_to_yaml(cfg: RunConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
