@@ -69,6 +69,9 @@ class TextEncoderConfig:
     max_length: int = 32
     freeze_blocks: int = 0
     lr_mult: float = 0.1
+    # With freeze_blocks=-1, keep the backbone outputs of up to this many distinct questions
+    # in memory and reuse them (0 disables). Data sets with templated questions need few entries.
+    frozen_output_cache_size: int = 0
     config_overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -104,7 +107,7 @@ class ModelConfig:
 class DataConfig:
     """Which data set to read and how to batch it."""
 
-    dataset: str = "easy_vqa"  # vqav2 | gqa | clevr | easy_vqa | sort_of_clevr
+    dataset: str = "easy_vqa"  # vqa_v2 | gqa | clevr | easy_vqa | sort_of_clevr
     root: str = "data/easy_vqa"
     train_split: str = "train"
     val_split: str = "val"
@@ -112,6 +115,9 @@ class DataConfig:
     # Answer vocabulary: keep the top_k most frequent answers (0 keeps all) seen at least min_count times.
     top_k: int = 0
     min_count: int = 1
+    # Sample images instead of questions: each image is decoded and encoded once per epoch,
+    # and batch sizes count images, each with all of its questions.
+    group_by_image: bool = False
     batch_size: int = 64
     eval_batch_size: int = 128
     num_workers: int = 2

@@ -121,7 +121,22 @@ class TextEncoder(FreezableEncoder):
 
         self.proj = nn.Linear(config.hidden_size, dim)
         self.norm = nn.LayerNorm(dim)
+        # Backbone outputs keyed by the real token ids; filled only while the whole backbone is frozen.
+        self._output_cache: dict[tuple[int, ...], torch.Tensor] | None = (
+            {} if cfg.frozen_output_cache_size > 0 else None
+        )
         self.freeze(cfg.freeze_blocks)
+
+    def freeze(self, num_blocks: int) -> None:
+        super().freeze(num_blocks)
+        if self._output_cache is not None:
+            self._output_cache.clear()
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        # New backbone weights make stored outputs stale.
+        if self._output_cache is not None:
+            self._output_cache.clear()
+        super()._load_from_state_dict(*args, **kwargs)
 
     def _freeze_parts(self) -> tuple[list[nn.Parameter], list[nn.Module], list[nn.Module]]:
         embeddings = getattr(self.backbone, "embeddings", None)
@@ -164,8 +179,42 @@ class TextEncoder(FreezableEncoder):
         Returns:
             (B, T, dim) token features.
         """
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        if self._output_cache is not None and self._frozen_modules == [self.backbone]:
+            hidden = self._cached_backbone_output(input_ids, attention_mask)
+        else:
+            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
         return self.norm(self.proj(hidden))  # (B, T, dim)
+
+    def _cached_backbone_output(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Run the frozen backbone only on questions it has not seen; reuse the stored outputs otherwise.
+
+        A fully frozen backbone stays in eval mode, so its output depends only on the real
+        tokens of a question (padding is masked). Outputs at padded positions are zeros here.
+        """
+        mask = attention_mask.bool()
+        keys = [tuple(ids[row_mask].tolist()) for ids, row_mask in zip(input_ids, mask)]
+        missing = list(dict.fromkeys(key for key in keys if key not in self._output_cache))
+        if missing:
+            longest = max(len(key) for key in missing)
+            ids = input_ids.new_full((len(missing), longest), self.tokenizer.pad_token_id or 0)
+            new_mask = torch.zeros_like(ids)
+            for row, key in enumerate(missing):
+                ids[row, : len(key)] = torch.tensor(key, dtype=ids.dtype)
+                new_mask[row, : len(key)] = 1
+            with torch.no_grad():
+                hidden = self.backbone(input_ids=ids, attention_mask=new_mask).last_hidden_state
+            for row, key in enumerate(missing):
+                if len(self._output_cache) >= self.cfg.frozen_output_cache_size:
+                    self._output_cache.pop(next(iter(self._output_cache)))
+                self._output_cache[key] = hidden[row, : len(key)].detach()
+
+        batch, length = input_ids.shape
+        first = self._output_cache[keys[0]]
+        out = first.new_zeros(batch, length, first.shape[-1])
+        for row, key in enumerate(keys):
+            # Real tokens may sit anywhere (left or right padding); fill them in order.
+            out[row, mask[row]] = self._output_cache[key]
+        return out
 
     def save_support_files(self, directory: str | os.PathLike) -> None:
         """Write the tokenizer and the model config (``config.json``) into ``directory``.

@@ -1,0 +1,146 @@
+"""End to end on a tiny generated Sort-of-CLEVR: train, evaluate, predict, and the CLI's errors."""
+
+import json
+import logging
+
+import pytest
+
+from vqa.cli import main
+from vqa.config import load_config
+from vqa.data.sort_of_clevr import generate
+from vqa.inference import Predictor
+from vqa.metrics import load_results
+from vqa.pipeline import score_results_file, train
+
+TINY_MODEL = [
+    "model.image.name=test_efficientnet",
+    "model.image.img_size=32",
+    "model.text.pretrained=false",
+    "model.text.max_length=24",
+    "model.text.config_overrides.hidden_size=32",
+    "model.text.config_overrides.num_hidden_layers=1",
+    "model.text.config_overrides.num_attention_heads=2",
+    "model.text.config_overrides.intermediate_size=64",
+    "model.fusion.dim=32",
+    "model.fusion.num_heads=2",
+    "model.fusion.depth=1",
+    "model.fusion.dropout=0.0",
+    "model.fusion.attention_options.num_latents=4",
+    "model.fusion.attention_options.reduced_dim=8",
+    "model.loss=ce",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sort_of_clevr")
+    generate(root, image_size=32, num_images={"train": 12, "val": 4, "test": 4}, questions_per_image=6, seed=0)
+    output_dir = tmp_path_factory.mktemp("run")
+    overrides = TINY_MODEL + [
+        "data.dataset=sort_of_clevr",
+        f"data.root={root}",
+        "data.group_by_image=true",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "optim.lr=3e-3",
+        "optim.warmup_steps=0",
+        "optim.schedule=constant",
+        "train.epochs=20",
+        "train.log_every=1",
+        f"train.output_dir={output_dir}",
+    ]
+    summary = train(load_config(None, overrides))
+    return root, output_dir, summary
+
+
+@pytest.mark.slow
+def test_training_lowers_loss_and_writes_run(tiny_run):
+    _, output_dir, summary = tiny_run
+    assert summary["global_step"] == 60  # 12 images / 4 per batch * 20 epochs
+    for name in ("config.yaml", "last.pt", "metrics.jsonl", "answers.json", "best/model.safetensors"):
+        assert (output_dir / name).exists(), name
+    losses = [
+        record["loss"]
+        for record in map(json.loads, (output_dir / "metrics.jsonl").read_text().splitlines())
+        if "loss" in record
+    ]
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < 0.8 * first
+
+
+@pytest.mark.slow
+def test_evaluate_writes_official_results(tiny_run, tmp_path, capsys):
+    root, output_dir, _ = tiny_run
+    results = tmp_path / "results.json"
+    code = main(["evaluate", "--checkpoint", str(output_dir / "best"), "--split", "test", "--results", str(results)])
+    assert code == 0
+    assert "accuracy:" in capsys.readouterr().out
+
+    predictions = load_results(results)
+    assert len(predictions) == 4 * 6
+    assert set(predictions[0]) == {"question_id", "answer"}
+    report = score_results_file(results, "sort_of_clevr", str(root), "test")
+    assert report["missing"] == 0 and report["extra"] == 0
+    assert set(report["per_group"]) == {"relational", "non-relational"}
+
+
+@pytest.mark.slow
+def test_predict_json_output_and_batch_agree(tiny_run, tmp_path, capsys):
+    root, output_dir, _ = tiny_run
+    image = sorted((root / "images" / "test").iterdir())[0]
+    question = "What is the shape of the red object?"
+    code = main(
+        ["predict", "--checkpoint", str(output_dir / "best"), "--image", str(image),
+         "--question", question, "--top-k", "3", "--json"]
+    )
+    assert code == 0
+    single = json.loads(capsys.readouterr().out.strip())
+    assert single["question"] == question
+    assert len(single["answers"]) == 3
+    scores = [entry["score"] for entry in single["answers"]]
+    assert scores == sorted(scores, reverse=True)
+    assert all(0.0 <= score <= 1.0 for score in scores)
+    assert sum(scores) <= 1.0 + 1e-5  # softmax probabilities of the top 3 of a cross-entropy model
+
+    batch_file = tmp_path / "pairs.jsonl"
+    other = sorted((root / "images" / "test").iterdir())[1]
+    lines = [{"image": str(other), "question": "Is the gray object on the left side of the image?"},
+             {"image": str(image), "question": question}]
+    batch_file.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    assert main(["predict", "--checkpoint", str(output_dir / "best"), "--batch", str(batch_file), "--json"]) == 0
+    batch = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert len(batch) == 2
+    assert batch[1]["answers"][0]["answer"] == single["answers"][0]["answer"]
+    assert batch[1]["answers"][0]["score"] == pytest.approx(single["answers"][0]["score"], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_predictor_api_runs_in_eval_mode(tiny_run):
+    root, output_dir, _ = tiny_run
+    predictor = Predictor.from_pretrained(output_dir / "best", device="cpu")
+    predictor.model.train()  # inference must not depend on the mode the caller left
+    image = sorted((root / "images" / "test").iterdir())[0]
+    first = predictor.predict(image, "What is the shape of the blue object?", top_k=2)
+    second = predictor.predict(image, "What is the shape of the blue object?", top_k=2)
+    assert first.answers == second.answers
+    assert first.scores == second.scores
+    assert not predictor.model.training
+
+
+def test_cli_reports_bad_paths_and_configs(tmp_path, caplog):
+    caplog.set_level(logging.ERROR)
+    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 1
+    assert "missing.yaml not found" in caplog.text
+    assert main(["train", "train.epochz=3"]) == 1
+    assert "epochz" in caplog.text
+    assert main(["predict", "--checkpoint", str(tmp_path / "nowhere"), "--image", "x.png", "--question", "q"]) == 1
+    assert "nowhere not found" in caplog.text
+    assert main(["train", "--resume", str(tmp_path / "run_that_never_was")]) == 1
+    assert "run_that_never_was not found" in caplog.text
+    assert main(["frobnicate"]) == 2
+
+
+def test_predict_requires_image_and_question(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--checkpoint", "x", "--image", "a.png"])
+    assert "--question" in capsys.readouterr().err

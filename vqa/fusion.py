@@ -1,0 +1,161 @@
+"""MCAN-style encoder-decoder stack that fuses question and image tokens.
+
+Shape letters: B batch, T question tokens, N image tokens, D fusion width, L latent slots.
+
+The text stream runs ``depth`` layers of self-attention and FFN. The image stream runs
+``depth`` layers of self-attention, cross-attention to the final text stream, and FFN,
+as in MCAN's encoder-decoder variant (Yu et al., "Deep Modular Co-Attention Networks
+for Visual Question Answering", CVPR 2019). The attention backend comes from
+``vqa.attention.build_attention``. With DBA, each stream owns a learned initial latent
+(L, D); every attention call returns the packed sequence C, which becomes the latent
+of the next call in the same stream.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from vqa.attention import build_attention
+from vqa.config import FusionConfig
+
+__all__ = ["FusionStack", "FeedForward"]
+
+ATTENTION_KINDS = ("dba", "full", "linformer")
+NORM_PLACEMENTS = ("pre", "post")
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int, dropout: float):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.drop = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.drop(self.act(self.fc1(x))))
+
+
+class Residual(nn.Module):
+    """Residual wrapper around one sublayer with pre- or post-LayerNorm.
+
+    Pre-norm computes ``x + f(norm(x))``; post-norm computes ``norm(x + f(x))``.
+    The sublayer may return ``(output, latent)``; the latent is passed through.
+    """
+
+    def __init__(self, dim: int, sublayer: nn.Module, dropout: float, norm: str):
+        super().__init__()
+        self.sublayer = sublayer
+        self.norm = nn.LayerNorm(dim)
+        self.drop = nn.Dropout(dropout)
+        self.pre_norm = norm == "pre"
+
+    def forward(self, x: torch.Tensor, **kwargs):
+        inputs = self.norm(x) if self.pre_norm else x
+        result = self.sublayer(inputs, **kwargs)
+        out, latent = result if isinstance(result, tuple) else (result, None)
+        x = x + self.drop(out)
+        if not self.pre_norm:
+            x = self.norm(x)
+        return x, latent
+
+
+class TextLayer(nn.Module):
+    def __init__(self, cfg: FusionConfig, attention_options: dict):
+        super().__init__()
+        attn = build_attention(cfg.attention, cfg.dim, cfg.num_heads, **attention_options)
+        ffn = FeedForward(cfg.dim, int(cfg.dim * cfg.ffn_ratio), cfg.dropout)
+        self.self_attn = Residual(cfg.dim, attn, cfg.dropout, cfg.norm)
+        self.ffn = Residual(cfg.dim, ffn, cfg.dropout, cfg.norm)
+
+    def forward(self, x, mask, latent):
+        x, latent = self.self_attn(x, x_mask=mask, latent=latent)
+        x, _ = self.ffn(x)
+        return x, latent
+
+
+class ImageLayer(nn.Module):
+    def __init__(self, cfg: FusionConfig, self_options: dict, cross_options: dict):
+        super().__init__()
+        self_attn = build_attention(cfg.attention, cfg.dim, cfg.num_heads, **self_options)
+        cross_attn = build_attention(cfg.attention, cfg.dim, cfg.num_heads, **cross_options)
+        ffn = FeedForward(cfg.dim, int(cfg.dim * cfg.ffn_ratio), cfg.dropout)
+        self.self_attn = Residual(cfg.dim, self_attn, cfg.dropout, cfg.norm)
+        self.cross_attn = Residual(cfg.dim, cross_attn, cfg.dropout, cfg.norm)
+        self.ffn = Residual(cfg.dim, ffn, cfg.dropout, cfg.norm)
+
+    def forward(self, x, mask, text, text_mask, latent):
+        x, latent = self.self_attn(x, x_mask=mask, latent=latent)
+        x, latent = self.cross_attn(x, context=text, x_mask=mask, context_mask=text_mask, latent=latent)
+        x, _ = self.ffn(x)
+        return x, latent
+
+
+def _stream_options(cfg: FusionConfig, context_len: int) -> dict:
+    """Attention options for one kind of call; Linformer needs the key length it compresses."""
+    options = dict(cfg.attention_options)
+    if cfg.attention == "linformer":
+        options.setdefault("max_len", context_len)
+    return options
+
+
+class FusionStack(nn.Module):
+    """Fuse question tokens (B, T, D) and image tokens (B, N, D).
+
+    Args:
+        cfg: stack width, depth, heads, norm placement, dropout and attention backend.
+        max_text_len: longest question in tokens (sizes Linformer's projections).
+        max_image_tokens: image tokens per image (sizes Linformer's projections).
+    """
+
+    def __init__(self, cfg: FusionConfig, max_text_len: int, max_image_tokens: int):
+        super().__init__()
+        if cfg.attention not in ATTENTION_KINDS:
+            raise ValueError(f"fusion.attention={cfg.attention!r} is not supported; choose one of {ATTENTION_KINDS}")
+        if cfg.norm not in NORM_PLACEMENTS:
+            raise ValueError(f"fusion.norm={cfg.norm!r} is not supported; choose one of {NORM_PLACEMENTS}")
+        if cfg.depth < 1:
+            raise ValueError(f"fusion.depth={cfg.depth} must be at least 1")
+
+        text_options = _stream_options(cfg, max_text_len)
+        image_options = _stream_options(cfg, max_image_tokens)
+        self.text_layers = nn.ModuleList(TextLayer(cfg, text_options) for _ in range(cfg.depth))
+        self.image_layers = nn.ModuleList(
+            ImageLayer(cfg, image_options, text_options) for _ in range(cfg.depth)
+        )
+        self.pre_norm = cfg.norm == "pre"
+        self.text_norm = nn.LayerNorm(cfg.dim) if self.pre_norm else nn.Identity()
+        self.image_norm = nn.LayerNorm(cfg.dim) if self.pre_norm else nn.Identity()
+
+        # Learned initial latents, one per stream; only DBA reads them.
+        self.text_latent: Optional[nn.Parameter] = None
+        self.image_latent: Optional[nn.Parameter] = None
+        if cfg.attention == "dba":
+            num_latents = int(cfg.attention_options.get("num_latents", 16))
+            self.text_latent = nn.Parameter(torch.randn(num_latents, cfg.dim) * cfg.dim**-0.5)
+            self.image_latent = nn.Parameter(torch.randn(num_latents, cfg.dim) * cfg.dim**-0.5)
+
+    def forward(
+        self,
+        text: torch.Tensor,
+        text_mask: Optional[torch.Tensor],
+        image: torch.Tensor,
+        image_mask: Optional[torch.Tensor] = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the fused text (B, T, D) and image (B, N, D) streams.
+
+        Masks are boolean with True marking a real token; None means no padding.
+        """
+        latent = self.text_latent
+        for layer in self.text_layers:
+            text, latent = layer(text, text_mask, latent)
+        text = self.text_norm(text)
+
+        latent = self.image_latent
+        for layer in self.image_layers:
+            image, latent = layer(image, image_mask, text, text_mask, latent)
+        image = self.image_norm(image)
+        return text, image

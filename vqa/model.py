@@ -1,0 +1,251 @@
+"""The VQA model: timm image encoder, transformers text encoder, fusion stack, answer head.
+
+Shape letters: I distinct images in a batch, B questions, T question tokens,
+N image tokens, D fusion width, A answers.
+
+Example::
+
+    from vqa import VQAModel
+    model = VQAModel.from_pretrained("runs/easy_vqa/best")
+    batch = model.text_encoder.tokenize(["what color is the shape?"])
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from vqa.config import ModelConfig
+from vqa.data import AnswerVocab
+from vqa.encoders import ImageEncoder, TextEncoder
+from vqa.fusion import FusionStack
+
+__all__ = ["VQAModel", "AttentionPool", "AnswerHead"]
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+VOCAB_FILE = "answers.json"
+TEXT_ENCODER_DIR = "text_encoder"
+FORMAT_VERSION = 1
+LOSSES = ("bce", "ce")
+
+
+class AttentionPool(nn.Module):
+    """Masked attention pooling of a token sequence (B, S, D) into one vector (B, out_dim)."""
+
+    def __init__(self, dim: int, out_dim: int, dropout: float):
+        super().__init__()
+        self.score = nn.Sequential(
+            nn.Linear(dim, dim // 2), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim // 2, 1)
+        )
+        self.proj = nn.Linear(dim, out_dim)
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        logits = self.score(x).squeeze(-1).float()  # (B, S)
+        if mask is not None:
+            logits = logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
+        weights = logits.softmax(dim=-1)
+        if mask is not None:
+            # A question with no real token pools to zeros instead of a uniform mix of padding.
+            weights = weights * mask
+        pooled = torch.einsum("bs,bsd->bd", weights.to(x.dtype), x)
+        return self.proj(pooled)
+
+
+class AnswerHead(nn.Module):
+    """Pool both streams, sum them, LayerNorm, then an MLP over the answer vocabulary."""
+
+    def __init__(self, dim: int, hidden_dim: int, num_answers: int, dropout: float):
+        super().__init__()
+        self.text_pool = AttentionPool(dim, hidden_dim, dropout)
+        self.image_pool = AttentionPool(dim, hidden_dim, dropout)
+        self.norm = nn.LayerNorm(hidden_dim)
+        self.classifier = nn.Sequential(
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_dim, num_answers),
+        )
+
+    def forward(self, text, text_mask, image, image_mask) -> torch.Tensor:
+        fused = self.text_pool(text, text_mask) + self.image_pool(image, image_mask)
+        return self.classifier(self.norm(fused))
+
+
+class VQAModel(nn.Module):
+    """Answer questions about images; the model that users train, ablate and serve.
+
+    Args:
+        config: encoders, fusion stack and head.
+        vocab: the answer vocabulary; its size sets the classifier width.
+        load_weights: load the encoders' pretrained weights. ``from_pretrained`` passes
+            False because the checkpoint holds every weight.
+        text_local_dir: folder with the text encoder's config and tokenizer, written by
+            ``save_pretrained``; used instead of ``config.text.name`` when given.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        vocab: AnswerVocab,
+        load_weights: bool = True,
+        text_local_dir: Optional[Union[str, Path]] = None,
+    ):
+        super().__init__()
+        if config.loss not in LOSSES:
+            raise ValueError(f"model.loss={config.loss!r} is not supported; choose one of {LOSSES}")
+        if config.num_answers is not None and config.num_answers != len(vocab):
+            raise ValueError(
+                f"model.num_answers={config.num_answers} does not match the answer vocabulary "
+                f"({len(vocab)} answers); remove num_answers from the config or rebuild the vocabulary"
+            )
+        config.num_answers = len(vocab)
+        self.config = config
+        self.vocab = vocab
+        # Data set name and folder the model was trained on, saved so that evaluation can default to them.
+        self.training_data: Optional[dict] = None
+
+        dim = config.fusion.dim
+        local_dir = str(text_local_dir) if text_local_dir is not None else None
+        self.image_encoder = ImageEncoder(config.image, dim, load_weights=load_weights)
+        self.text_encoder = TextEncoder(config.text, dim, load_weights=load_weights, local_dir=local_dir)
+        self.fusion = FusionStack(
+            config.fusion,
+            max_text_len=config.text.max_length,
+            max_image_tokens=self.image_encoder.num_tokens(),
+        )
+        hidden_dim = config.head_hidden_dim or 2 * dim
+        self.head = AnswerHead(dim, hidden_dim, len(vocab), config.fusion.dropout)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_index: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Return answer logits (B, A).
+
+        Args:
+            pixel_values: (I, 3, H, W) images, each encoded once.
+            input_ids: (B, T) question token ids.
+            attention_mask: (B, T), nonzero or True at real tokens.
+            image_index: (B,) row of ``pixel_values`` for each question; None means
+                question i belongs to image i.
+        """
+        text_mask = attention_mask.bool()
+        text = self.text_encoder(input_ids, text_mask)  # (B, T, D)
+        image = self.image_encoder(pixel_values)  # (I, N, D)
+        if image_index is not None:
+            image = image.index_select(0, image_index.to(image.device))  # (B, N, D)
+        elif image.shape[0] != text.shape[0]:
+            raise ValueError(
+                f"got {image.shape[0]} images for {text.shape[0]} questions; "
+                "pass image_index to say which image each question is about"
+            )
+
+        text, image = self.fusion(text, text_mask, image)
+        return self.head(text, text_mask, image, None)
+
+    def compute_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Loss against soft answer scores (B, A).
+
+        ``bce`` scales the mean binary cross-entropy by A, as MCAN and most VQA v2 models
+        do, so that the gradient size does not depend on the vocabulary size. ``ce`` is
+        cross-entropy against the normalized scores; questions whose answer is outside the
+        vocabulary (all-zero scores) are left out.
+        """
+        logits = logits.float()
+        if self.config.loss == "bce":
+            return F.binary_cross_entropy_with_logits(logits, targets) * targets.shape[-1]
+
+        totals = targets.sum(dim=-1)
+        known = totals > 0
+        if not known.any():
+            return logits.sum() * 0.0
+        probs = targets[known] / totals[known, None]
+        return -(probs * logits[known].log_softmax(dim=-1)).sum(dim=-1).mean()
+
+    def param_groups(self) -> list[dict]:
+        """Parameter groups with the learning-rate multiplier of each part."""
+        groups = [
+            {"name": "image_encoder", "params": [], "lr_mult": self.config.image.lr_mult},
+            {"name": "text_encoder", "params": [], "lr_mult": self.config.text.lr_mult},
+            {"name": "fusion", "params": [], "lr_mult": 1.0},
+        ]
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            if name.startswith("image_encoder.backbone."):
+                groups[0]["params"].append(param)
+            elif name.startswith("text_encoder.backbone."):
+                groups[1]["params"].append(param)
+            else:
+                # The encoders' projections train with the fusion stack.
+                groups[2]["params"].append(param)
+        return [group for group in groups if group["params"]]
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: Union[str, Path]) -> Path:
+        """Write config.json, model.safetensors, answers.json and the text encoder's files."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        model_config = OmegaConf.to_container(OmegaConf.structured(self.config))
+        config = {"format_version": FORMAT_VERSION, "model": model_config, "training_data": self.training_data}
+        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        self.vocab.save(directory / VOCAB_FILE)
+        self.text_encoder.save_support_files(directory / TEXT_ENCODER_DIR)
+        save_model(self, str(directory / WEIGHTS_FILE))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: Union[str, Path], device: Union[str, torch.device] = "cpu") -> "VQAModel":
+        """Load a model written by ``save_pretrained``; nothing is unpickled."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(
+                f"model folder {directory} not found; pass a folder written by VQAModel.save_pretrained "
+                "(a training run saves one as <output_dir>/best)"
+            )
+        for name in (CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE, TEXT_ENCODER_DIR):
+            if not (directory / name).exists():
+                raise FileNotFoundError(
+                    f"{directory / name} is missing; {directory} is not a complete saved model "
+                    f"(expected {CONFIG_FILE}, {WEIGHTS_FILE}, {VOCAB_FILE} and {TEXT_ENCODER_DIR}/)"
+                )
+
+        config, training_data = _read_model_config(directory / CONFIG_FILE)
+        vocab = AnswerVocab.load(directory / VOCAB_FILE)
+        model = cls(config, vocab, load_weights=False, text_local_dir=directory / TEXT_ENCODER_DIR)
+        model.training_data = training_data
+        try:
+            load_model(model, str(directory / WEIGHTS_FILE), strict=True)
+        except RuntimeError as error:
+            raise ValueError(
+                f"{directory / WEIGHTS_FILE} does not match the architecture in {directory / CONFIG_FILE}: {error}"
+            ) from error
+        return model.to(device).eval()
+
+
+def _read_model_config(path: Path) -> tuple[ModelConfig, Optional[dict]]:
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{path} has format_version={version!r}; this version of vqa reads {FORMAT_VERSION}")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), raw["model"])
+    except (KeyError, OmegaConfBaseException) as error:
+        raise ValueError(f"{path} does not hold a valid model config: {error}") from error
+    return OmegaConf.to_object(merged), raw.get("training_data")
