@@ -95,10 +95,13 @@ class ImageLayer(nn.Module):
 
 
 def _stream_options(cfg: FusionConfig, context_len: int) -> dict:
-    """Attention options for one kind of call; Linformer needs the key length it compresses."""
+    """Attention options for one stream; Linformer needs the key length it compresses."""
     options = dict(cfg.attention_options)
     if cfg.attention == "linformer":
         options.setdefault("max_len", context_len)
+    if cfg.attention == "dba":
+        # The stack owns the initial latents and passes them to every call.
+        options["learned_latent"] = False
     return options
 
 
