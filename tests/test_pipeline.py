@@ -144,3 +144,23 @@ def test_predict_requires_image_and_question(capsys):
     with pytest.raises(SystemExit):
         main(["predict", "--checkpoint", "x", "--image", "a.png"])
     assert "--question" in capsys.readouterr().err
+
+
+def test_score_results_reports_missing_and_extra(tmp_path, capsys):
+    root = tmp_path / "soc"
+    generate(root, image_size=16, num_images={"train": 2, "val": 1, "test": 2}, questions_per_image=3, seed=1)
+    from vqa.data import read_dataset
+
+    records = read_dataset("sort_of_clevr", str(root), "test")
+    results = [{"question_id": r.question_id, "answer": r.answers[0]} for r in records[1:]]
+    results.append({"question_id": 999999, "answer": "yes"})
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+
+    code = main(["evaluate", "--score-results", str(path), "--dataset", "sort_of_clevr",
+                 "--root", str(root), "--split", "test"])
+    output = capsys.readouterr().out
+    assert code == 0
+    assert "accuracy: 100.00 (6 questions)" in output
+    assert "1 questions of the split have no prediction" in output
+    assert "1 predictions are not in the split" in output

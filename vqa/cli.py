@@ -36,9 +36,13 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="evaluate", description="Score a saved model with the official VQA accuracy on one split."
     )
-    parser.add_argument("--checkpoint", required=True, help="model folder written by save_pretrained (run/best)")
+    parser.add_argument("--checkpoint", help="model folder written by save_pretrained (run/best)")
     parser.add_argument("--split", required=True, help="split name, for example val or test")
     parser.add_argument("--results", help="write predictions here in the official results format")
+    parser.add_argument(
+        "--score-results",
+        help="score this results file ([{question_id, answer}]) instead of running a model; needs --dataset and --root",
+    )
     parser.add_argument("--dataset", help="data set name; defaults to the one the model was trained on")
     parser.add_argument("--root", help="data set folder; defaults to the one the model was trained on")
     parser.add_argument("--batch-size", type=int, default=128, help="questions per batch")
@@ -70,10 +74,19 @@ def train_main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 def evaluate_main(argv: Optional[Sequence[str]] = None) -> dict:
-    from vqa.pipeline import evaluate_saved_model
+    from vqa.pipeline import evaluate_saved_model, score_results_file
 
-    args = build_evaluate_parser().parse_args(argv)
+    parser = build_evaluate_parser()
+    args = parser.parse_args(argv)
     _setup_logging()
+    if args.score_results is not None:
+        if args.dataset is None or args.root is None:
+            parser.error("--score-results needs --dataset and --root to read the questions")
+        report = score_results_file(args.score_results, args.dataset, args.root, args.split)
+        print(format_report(report))
+        return report
+    if args.checkpoint is None:
+        parser.error("pass --checkpoint, or --score-results with --dataset and --root")
     report = evaluate_saved_model(
         args.checkpoint,
         split=args.split,
@@ -92,6 +105,13 @@ def format_report(report: dict) -> str:
     lines = [f"accuracy: {report['accuracy']:.2f} ({report['num_questions']} questions)"]
     for answer_type, value in sorted(report.get("per_answer_type", {}).items()):
         lines.append(f"  {answer_type}: {value:.2f}")
+    for group, value in sorted(report.get("per_group", {}).items()):
+        lines.append(f"  {group}: {value:.2f}")
+    if report.get("missing") or report.get("extra"):
+        lines.append(
+            f"WARNING: {report['missing']} questions of the split have no prediction and "
+            f"{report['extra']} predictions are not in the split; accuracy covers the matched questions only"
+        )
     return "\n".join(lines)
 
 
