@@ -200,6 +200,23 @@ def test_bad_settings_raise_clear_errors():
     with pytest.raises(ValueError, match="performer"):
         VQAModel(config, AnswerVocab(ANSWERS))
     config = tiny_config()
+    config.head_fusion = "concat"
+    with pytest.raises(ValueError, match="head_fusion='concat'"):
+        VQAModel(config, AnswerVocab(ANSWERS))
+    config = tiny_config()
     config.num_answers = 7
     with pytest.raises(ValueError, match="num_answers=7"):
         VQAModel(config, AnswerVocab(ANSWERS))
+
+
+def test_product_head_multiplies_pooled_vectors():
+    config = tiny_config()
+    config.head_fusion = "product"
+    torch.manual_seed(0)
+    model = VQAModel(config, AnswerVocab(ANSWERS)).eval()
+    head = model.head
+    text, image = torch.randn(2, 4, 32), torch.randn(2, 6, 32)
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    with torch.no_grad():
+        expected = head.classifier(head.norm(head.text_pool(text, mask) * head.image_pool(image, None)))
+        torch.testing.assert_close(head(text, mask, image, None), expected)

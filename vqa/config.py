@@ -98,6 +98,8 @@ class ModelConfig:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     # Hidden width of the classifier MLP; 0 uses 2 * fusion.dim.
     head_hidden_dim: int = 0
+    # How the answer head merges the pooled question and image vectors: sum (MCAN) or product.
+    head_fusion: str = "sum"
     # bce: binary cross-entropy on soft VQA scores; ce: cross-entropy for single-answer data sets.
     loss: str = "bce"
     num_answers: Optional[int] = None

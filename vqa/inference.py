@@ -115,7 +115,7 @@ def read_jsonl_pairs(path: Union[str, Path]) -> list[tuple[str, str]]:
     """Read ``{"image": ..., "question": ...}`` lines; relative image paths are taken from the file's folder."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"batch file {path} not found; it should hold one JSON object per line")
+        raise FileNotFoundError(f"batch file {path} not found; it must contain one JSON object per line")
     pairs = []
     for line_number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():

@@ -36,6 +36,7 @@ VOCAB_FILE = "answers.json"
 TEXT_ENCODER_DIR = "text_encoder"
 FORMAT_VERSION = 1
 LOSSES = ("bce", "ce")
+HEAD_FUSIONS = ("sum", "product")
 
 
 class AttentionPool(nn.Module):
@@ -61,10 +62,18 @@ class AttentionPool(nn.Module):
 
 
 class AnswerHead(nn.Module):
-    """Pool both streams, sum them, LayerNorm, then an MLP over the answer vocabulary."""
+    """Pool both streams, merge them, LayerNorm, then an MLP over the answer vocabulary.
 
-    def __init__(self, dim: int, hidden_dim: int, num_answers: int, dropout: float):
+    ``fusion="sum"`` adds the pooled vectors, as MCAN does. ``fusion="product"`` multiplies them
+    element-wise, as in bottom-up top-down attention (Anderson et al., CVPR 2018); the product lets
+    the classifier compare a property named in the question with one seen in the image directly.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, num_answers: int, dropout: float, fusion: str = "sum"):
         super().__init__()
+        if fusion not in HEAD_FUSIONS:
+            raise ValueError(f"model.head_fusion={fusion!r} is not supported; choose one of {HEAD_FUSIONS}")
+        self.fusion = fusion
         self.text_pool = AttentionPool(dim, hidden_dim, dropout)
         self.image_pool = AttentionPool(dim, hidden_dim, dropout)
         self.norm = nn.LayerNorm(hidden_dim)
@@ -76,7 +85,9 @@ class AnswerHead(nn.Module):
         )
 
     def forward(self, text, text_mask, image, image_mask) -> torch.Tensor:
-        fused = self.text_pool(text, text_mask) + self.image_pool(image, image_mask)
+        text_vector = self.text_pool(text, text_mask)
+        image_vector = self.image_pool(image, image_mask)
+        fused = text_vector * image_vector if self.fusion == "product" else text_vector + image_vector
         return self.classifier(self.norm(fused))
 
 
@@ -123,7 +134,7 @@ class VQAModel(nn.Module):
             max_image_tokens=self.image_encoder.num_tokens(),
         )
         hidden_dim = config.head_hidden_dim or 2 * dim
-        self.head = AnswerHead(dim, hidden_dim, len(vocab), config.fusion.dropout)
+        self.head = AnswerHead(dim, hidden_dim, len(vocab), config.fusion.dropout, config.head_fusion)
 
     def forward(
         self,

@@ -32,7 +32,7 @@ def build_records(data: DataConfig, split: str, max_samples: int = 0) -> list[Qu
     if max_samples > 0:
         records = records[:max_samples]
     if not records:
-        raise ValueError(f"split {split!r} of {data.dataset} in {data.root} holds no questions")
+        raise ValueError(f"split {split!r} of {data.dataset} in {data.root} contains no questions; check data.root and the split name")
     return records
 
 
@@ -64,7 +64,7 @@ def train(cfg: RunConfig, resume: Optional[str] = None) -> dict[str, Any]:
     """Train the model that ``cfg`` describes; returns the trainer's summary."""
     if resume is not None and not Path(resume).exists():
         raise FileNotFoundError(
-            f"--resume {resume} not found; pass a run folder that holds last.pt, or the checkpoint file itself"
+            f"--resume {resume} not found; pass a run folder that contains last.pt, or the checkpoint file itself"
         )
     torch.manual_seed(cfg.train.seed)
     train_records = build_records(cfg.data, cfg.data.train_split, cfg.data.max_train_samples)
@@ -118,7 +118,7 @@ def evaluate_saved_model(
     dataset = dataset or trained_on.get("dataset")
     root = root or trained_on.get("root")
     if dataset is None or root is None:
-        raise ValueError(f"{checkpoint} does not say which data set it was trained on; pass --dataset and --root")
+        raise ValueError(f"{checkpoint} does not record which data set it was trained on; pass --dataset and --root")
 
     data = DataConfig(dataset=dataset, root=root, eval_batch_size=batch_size, num_workers=0)
     records = build_records(data, split, max_samples)
