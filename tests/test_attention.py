@@ -369,6 +369,71 @@ def test_linformer_packing_weights_ignore_input():
     assert torch.equal(weights, other)
 
 
+def test_dba_static_packing_ignores_input():
+    attn = make("dba", static_packing=True, max_len=8)
+    weights = attn.packing_weights(tokens(2, 6))
+    other = attn.packing_weights(tokens(2, 6, seed=3), latent=torch.randn(4, DIM))
+    assert weights.shape == (2, HEADS, 4, 6)
+    assert torch.equal(weights, other)
+    torch.testing.assert_close(weights.sum(dim=-1), torch.ones(2, HEADS, 4))
+    # Different slots pack different mixtures of positions.
+    assert (weights[0, 0, 0] - weights[0, 0, 1]).abs().max() > 1e-3
+
+
+def test_dba_static_packing_masks_padding():
+    attn = make("dba", static_packing=True, max_len=8)
+    x, context = tokens(2, 5), tokens(2, 4, seed=2)
+    context_mask = torch.tensor([[True, True, True, False], [True] * 4])
+    weights = attn.packing_weights(x, pad(context, 2), context_mask=torch.cat(
+        [context_mask, torch.zeros(2, 2, dtype=torch.bool)], dim=1))
+    assert torch.count_nonzero(weights[0, ..., 3:]) == 0
+    torch.testing.assert_close(weights.sum(dim=-1), torch.ones(2, HEADS, 4))
+
+    out, _ = attn(x, context, context_mask=context_mask)
+    padded_out, _ = attn(x, pad(context, 2), context_mask=torch.cat(
+        [context_mask, torch.zeros(2, 2, dtype=torch.bool)], dim=1))
+    torch.testing.assert_close(out, padded_out)
+
+
+def test_dba_static_packing_has_no_packing_queries():
+    dynamic = make("dba")
+    static = make("dba", static_packing=True, max_len=8)
+    assert static.pack_query is None
+    assert static.latent is None
+    assert static.pack_logits.shape == (HEADS * 4, 8)
+    assert static.token_proj.out_features == dynamic.token_proj.out_features - 8  # no r = 8 keys
+
+    x = tokens(2, 6)
+    out, latent = static(x)
+    (out.square().sum() + latent.square().sum()).backward()
+    assert static.pack_logits.grad is not None
+    assert static.pack_logits.grad[:, :6].abs().sum() > 0
+    assert torch.count_nonzero(static.pack_logits.grad[:, 6:]) == 0
+
+
+def test_dba_static_packing_rejects_long_context():
+    attn = make("dba", static_packing=True, max_len=4)
+    with pytest.raises(ValueError, match="max_len=4"):
+        attn(tokens(2, 6))
+
+
+def test_fusion_stack_static_packing_sizes_logits():
+    from vqa.config import FusionConfig
+    from vqa.fusion import FusionStack
+
+    cfg = FusionConfig(
+        attention="dba", dim=DIM, num_heads=HEADS, depth=1, dropout=0.0,
+        attention_options={"num_latents": 4, "reduced_dim": 8, "static_packing": True},
+    )
+    stack = FusionStack(cfg, max_text_len=5, max_image_tokens=9)
+    assert stack.text_latent is None
+    assert stack.image_layers[0].self_attn.sublayer.pack_logits.shape == (HEADS * 4, 9)
+    assert stack.image_layers[0].cross_attn.sublayer.pack_logits.shape == (HEADS * 4, 5)
+    text, image = stack(tokens(2, 5), None, tokens(2, 9, seed=2))
+    assert image.shape == (2, 9, DIM)
+    assert torch.isfinite(text).all()
+
+
 def test_dba_latent_chaining_across_layers():
     torch.manual_seed(0)
     first = DBAAttention(DIM, HEADS, num_latents=4, reduced_dim=8)

@@ -95,13 +95,15 @@ class ImageLayer(nn.Module):
 
 
 def _stream_options(cfg: FusionConfig, context_len: int) -> dict:
-    """Attention options for one stream; Linformer needs the key length it compresses."""
+    """Attention options for one stream; Linformer and static DBA packing need the key length they compress."""
     options = dict(cfg.attention_options)
     if cfg.attention == "linformer":
         options.setdefault("max_len", context_len)
     if cfg.attention == "dba":
         # The stack owns the initial latents and passes them to every call.
         options["learned_latent"] = False
+        if options.get("static_packing"):
+            options.setdefault("max_len", context_len)
     return options
 
 
@@ -136,7 +138,8 @@ class FusionStack(nn.Module):
         # Learned initial latents, one per stream; only DBA reads them.
         self.text_latent: Optional[nn.Parameter] = None
         self.image_latent: Optional[nn.Parameter] = None
-        if cfg.attention == "dba":
+        # Static packing reads no latent, so the stack keeps none.
+        if cfg.attention == "dba" and not cfg.attention_options.get("static_packing", False):
             num_latents = int(cfg.attention_options.get("num_latents", 16))
             self.text_latent = nn.Parameter(torch.randn(num_latents, cfg.dim) * cfg.dim**-0.5)
             self.image_latent = nn.Parameter(torch.randn(num_latents, cfg.dim) * cfg.dim**-0.5)

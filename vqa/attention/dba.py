@@ -21,6 +21,12 @@ from vqa.attention.options import check_dropout, check_head_split, check_positiv
 class DBAAttention(nn.Module):
     """DBA attention with a dynamic, input-dependent compression of the context into L slots.
 
+    With ``static_packing=True`` the packing weights are instead learned logits over positions,
+    (H * L, max_len), softmaxed over the real positions of each input: the same weights for every
+    input, like Linformer's projection, with the rest of DBA unchanged. It is an ablation of DBA's
+    dynamic packing. The latent passed in is then not used for packing, but the packed slots C are
+    still returned as the next latent.
+
     Self-attention (``context=None``) follows the official DBA code: pack x with the latent,
     attend among the slots, unpack with weights computed from x. Cross-attention packs the context
     with the query stream's latent and unpacks with the query tokens' own weights, so the query side
@@ -35,6 +41,10 @@ class DBAAttention(nn.Module):
         learned_latent: Give the module a learned (L, D) latent of its own for calls with
             ``latent=None``. A stack that always passes the latent sets False, so that no
             parameter goes without a gradient (DistributedDataParallel requires that).
+            With static packing no latent is read, so no latent is created.
+        static_packing: Use input-independent packing weights (see above).
+        max_len: Maximum context length M that the static packing logits cover. Only
+            ``static_packing`` uses it; longer inputs raise ValueError.
     """
 
     kind = "dba"
@@ -47,6 +57,8 @@ class DBAAttention(nn.Module):
         reduced_dim: int = 24,
         dropout: float = 0.0,
         learned_latent: bool = True,
+        static_packing: bool = False,
+        max_len: int = 1024,
     ) -> None:
         super().__init__()
         check_head_split(dim, num_heads)
@@ -58,22 +70,38 @@ class DBAAttention(nn.Module):
                 f"multiple of {num_heads}, such as {num_heads * max(1, round(reduced_dim / num_heads))}"
             )
         check_dropout(dropout)
+        check_positive_int("max_len", max_len)
+        if not isinstance(static_packing, bool):
+            raise ValueError(f"static_packing must be True or False, got {static_packing!r}")
 
         self.dim = dim
         self.num_heads = num_heads
         self.num_latents = num_latents
         self.reduced_dim = reduced_dim
         self.dropout = dropout
+        self.static_packing = static_packing
+        self.max_len = max_len
         self.score_scale = (reduced_dim // num_heads) ** -0.5
+        # Width of the packing keys computed from the context; static packing reads none.
+        self.key_width = 0 if static_packing else reduced_dim
 
-        # Learned latent used when the caller passes latent=None.
-        self.latent = nn.Parameter(torch.randn(num_latents, dim) * dim**-0.5) if learned_latent else None
-        # Packing queries from the latent, at width r.
-        self.pack_query = nn.Linear(dim, reduced_dim)
-        # One matrix for everything computed from token features: packing keys (r) and values (D)
-        # from the context, unpacking logits (H * L) from the query tokens. Self-attention runs it
-        # as a single GEMM. Cross-attention uses row slices, which are contiguous.
-        self.token_proj = nn.Linear(dim, reduced_dim + dim + num_heads * num_latents)
+        self.latent: nn.Parameter | None = None
+        self.pack_query: nn.Linear | None = None
+        self.pack_logits: nn.Parameter | None = None
+        if static_packing:
+            # Unit-scale random logits, so that the slots start from different mixtures of positions.
+            self.pack_logits = nn.Parameter(torch.randn(num_heads * num_latents, max_len))
+        else:
+            # Learned latent used when the caller passes latent=None.
+            if learned_latent:
+                self.latent = nn.Parameter(torch.randn(num_latents, dim) * dim**-0.5)
+            # Packing queries from the latent, at width r.
+            self.pack_query = nn.Linear(dim, reduced_dim)
+        # One matrix for everything computed from token features: packing keys (r, or none with
+        # static packing) and values (D) from the context, unpacking logits (H * L) from the query
+        # tokens. Self-attention runs it as a single GEMM. Cross-attention uses row slices, which
+        # are contiguous.
+        self.token_proj = nn.Linear(dim, self.key_width + dim + num_heads * num_latents)
         # Latent attention queries and keys (r each) and values (D) from the packed slots C.
         self.latent_qkv = nn.Linear(dim, 2 * reduced_dim + dim)
         self.latent_norm = nn.LayerNorm(dim)
@@ -82,7 +110,7 @@ class DBAAttention(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, num_heads={self.num_heads}, num_latents={self.num_latents}, "
-            f"reduced_dim={self.reduced_dim}, dropout={self.dropout}"
+            f"reduced_dim={self.reduced_dim}, dropout={self.dropout}, static_packing={self.static_packing}"
         )
 
     def forward(
@@ -102,7 +130,8 @@ class DBAAttention(nn.Module):
                 cross-attention each query token is unpacked on its own, so it is not needed there.
             context_mask: (B, M) bool, True at real context tokens.
             latent: Packing latent, (L, D) or (B, L, D): the caller's learned latent in the first
-                layer, the previous layer's C later. None uses this module's own latent.
+                layer, the previous layer's C later. None uses this module's own latent. Static
+                packing does not read it.
 
         Returns:
             ``(out, next_latent)``: out (B, N, D) and the packed slots C (B, L, D). Outputs at padded
@@ -129,6 +158,7 @@ class DBAAttention(nn.Module):
 
         Takes the same arguments as `forward`. Returns fp32 weights of shape (B, H, L, M): a
         softmax over the M context positions (M = N in self-attention) with zeros at padding.
+        With static packing they depend only on M and the padding, never on the token values.
         """
         keys, _, key_mask, _ = self._project_tokens(x, context, x_mask, context_mask)
         weights = self._packing_weights(keys, key_mask, latent)
@@ -148,7 +178,7 @@ class DBAAttention(nn.Module):
             (B, N, H * L). The first three come from the context, or from `x` in self-attention.
         """
         check_attention_inputs(x, context, x_mask, context_mask, self.dim)
-        r, d = self.reduced_dim, self.dim
+        r, d = self.key_width, self.dim
         split = [r, d, self.num_heads * self.num_latents]
         if context is None:
             keys, values, unpack_logits = self.token_proj(x).split(split, dim=-1)
@@ -177,6 +207,8 @@ class DBAAttention(nn.Module):
 
     def _packing_weights(self, keys: Tensor, key_mask: Tensor | None, latent: Tensor | None) -> Tensor:
         """Return the packing softmax over context positions, fp32 (B, H * L, M)."""
+        if self.pack_logits is not None:
+            return self._static_packing_weights(keys.shape[0], keys.shape[1], key_mask)
         batch = keys.shape[0]
         latent = self._resolve_latent(latent, batch)
         queries = self.pack_query(latent) * self.score_scale  # (L, r) or (B, L, r)
@@ -189,6 +221,17 @@ class DBAAttention(nn.Module):
         scores = torch.bmm(queries, keys.transpose(1, 2))  # (B, H * L, M)
         mask = None if key_mask is None else key_mask[:, None, :]
         return masked_softmax(scores, mask, dim=-1)
+
+    def _static_packing_weights(self, batch: int, length: int, key_mask: Tensor | None) -> Tensor:
+        """Return the learned logits cut to `length` positions, softmaxed over real ones, fp32 (B, H * L, M)."""
+        if length > self.max_len:
+            raise ValueError(
+                f"sequence of {length} keys is longer than max_len={self.max_len} of this DBA layer's "
+                f"static packing; build it with max_len >= {length}"
+            )
+        logits = self.pack_logits[:, :length].unsqueeze(0).expand(batch, -1, -1)  # (B, H * L, M)
+        mask = None if key_mask is None else key_mask[:, None, :]
+        return masked_softmax(logits, mask, dim=-1)
 
     def _pack(self, weights: Tensor, values: Tensor) -> Tensor:
         """Return the packed slots C (B, L, D) from weights (B, H * L, M) and values (B, M, D)."""
