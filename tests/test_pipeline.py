@@ -2,6 +2,7 @@
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,8 @@ from vqa.data.sort_of_clevr import generate
 from vqa.inference import Predictor
 from vqa.metrics import load_results
 from vqa.pipeline import score_results_file, train
+
+PRESET = Path(__file__).resolve().parents[1] / "models" / "easy_vqa_dba.yaml"
 
 TINY_MODEL = [
     "model.image.name=test_efficientnet",
@@ -131,7 +134,7 @@ def test_cli_reports_bad_paths_and_configs(tmp_path, caplog):
     caplog.set_level(logging.ERROR)
     assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 1
     assert "missing.yaml not found" in caplog.text
-    assert main(["train", "train.epochz=3"]) == 1
+    assert main(["train", "--config", str(PRESET), "train.epochz=3"]) == 1
     assert "epochz" in caplog.text
     assert main(["predict", "--checkpoint", str(tmp_path / "nowhere"), "--image", "x.png", "--question", "q"]) == 1
     assert "nowhere not found" in caplog.text
@@ -161,6 +164,97 @@ def test_score_results_reports_missing_and_extra(tmp_path, capsys):
                  "--root", str(root), "--split", "test"])
     output = capsys.readouterr().out
     assert code == 0
-    assert "accuracy: 100.00 (6 questions)" in output
+    assert "accuracy: 100.00 (5 of 6 questions scored)" in output
     assert "1 questions of the split have no prediction" in output
     assert "1 predictions are not in the split" in output
+
+
+def tiny_overrides(root, output_dir, *extra):
+    return TINY_MODEL + [
+        "data.dataset=sort_of_clevr",
+        f"data.root={root}",
+        "data.num_workers=0",
+        "train.epochs=1",
+        f"train.output_dir={output_dir}",
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_fresh_run_refuses_to_overwrite_earlier_run(tiny_run, tmp_path):
+    root, output_dir, _ = tiny_run
+    best_before = (output_dir / "best" / "model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="already contains last.pt and best"):
+        train(load_config(None, tiny_overrides(root, output_dir)))
+    assert (output_dir / "best" / "model.safetensors").read_bytes() == best_before
+
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "last.pt").write_bytes(b"old")
+    (copy / "metrics.jsonl").write_text('{"kind": "train", "step": 99}\n')
+    train(load_config(None, tiny_overrides(root, copy, "train.overwrite=true")))
+    records = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
+    assert all(record.get("step") != 99 for record in records)
+
+
+@pytest.mark.slow
+def test_resume_without_config_uses_run_config(tiny_run, tmp_path, caplog):
+    root, output_dir, _ = tiny_run
+    run = tmp_path / "run"
+    train(load_config(None, tiny_overrides(root, run)))
+    caplog.set_level(logging.INFO)
+    assert main(["train", "--resume", str(run), "train.epochs=2"]) == 0
+    assert "resuming with the run's own config" in caplog.text
+    steps = [json.loads(line).get("step") for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(step for step in steps if step is not None) == 4  # 72 questions, batch 64, two epochs
+
+
+@pytest.mark.slow
+def test_predict_errors_name_the_problem(tiny_run, tmp_path, caplog):
+    root, output_dir, _ = tiny_run
+    caplog.set_level(logging.ERROR)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    best = str(output_dir / "best")
+    assert main(["predict", "--checkpoint", best, "--image", str(broken), "--question", "Is it red?"]) == 1
+    assert "broken.png" in caplog.text
+    image = str(sorted((root / "images" / "test").iterdir())[0])
+    assert main(["predict", "--checkpoint", best, "--image", image, "--question", "   "]) == 1
+    assert "question 0 is empty" in caplog.text
+    assert main(["predict", "--checkpoint", str(output_dir), "--image", image, "--question", "q?"]) == 1
+    assert f"pass {output_dir / 'best'}" in caplog.text
+    assert main(["predict", "--checkpoint", str(output_dir / "last.pt"), "--image", image, "--question", "q?"]) == 1
+    assert "last.pt is a file" in caplog.text
+
+
+@pytest.mark.slow
+def test_truncated_weights_file_is_named(tiny_run, tmp_path):
+    import shutil
+
+    from vqa.model import VQAModel
+
+    _, output_dir, _ = tiny_run
+    copy = tmp_path / "best"
+    shutil.copytree(output_dir / "best", copy)
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:10])
+    with pytest.raises(ValueError, match="model.safetensors could not be read"):
+        VQAModel.from_pretrained(copy)
+
+
+def test_train_needs_config_or_resume(capsys):
+    with pytest.raises(SystemExit):
+        main(["train"])
+    assert "pass --config PRESET" in capsys.readouterr().err
+
+
+def test_score_results_rejects_empty_and_invalid_files(tmp_path, caplog):
+    caplog.set_level(logging.ERROR)
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    invalid = tmp_path / "invalid.json"
+    invalid.write_text("{not json")
+    for path, message in ((empty, "contains no predictions"), (invalid, "is not valid JSON")):
+        code = main(["evaluate", "--score-results", str(path), "--dataset", "easy_vqa", "--split", "test"])
+        assert code == 1
+        assert f"{path.name} {message}" in caplog.text or message in caplog.text

@@ -2,6 +2,8 @@
 
 import json
 import math
+import os
+import signal
 
 import pytest
 import torch
@@ -264,3 +266,28 @@ def test_fp16_on_cuda_resumes_scaler(tmp_path):
     resumed = make_trainer(make_config(tmp_path, train={"precision": "fp16", "device": "cuda", "epochs": 2}))
     resumed.fit(resume=tmp_path)
     assert resumed.global_step == 10
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_cleanly_and_resumes_exactly(tmp_path, signum):
+    sections = {"train": {"epochs": 2, "checkpoint_every": 0}}
+    full = make_trainer(make_config(tmp_path / "full", **sections))
+    full.fit()
+
+    def send_signal(trainer):
+        if trainer.global_step == 3:
+            os.kill(os.getpid(), signum)
+
+    stopped = make_trainer(make_config(tmp_path / "stopped", **sections), on_step_end=send_signal)
+    summary = stopped.fit()
+    assert summary["stop_reason"] == f"interrupted by {signal.Signals(signum).name}"
+    assert summary["global_step"] == 3
+    checkpoint = torch.load(tmp_path / "stopped" / "last.pt", weights_only=True)
+    assert (checkpoint["epoch"], checkpoint["batches_done"], checkpoint["global_step"]) == (0, 3, 3)
+    assert signal.getsignal(signum) is not None  # the previous handler is back
+
+    resumed = make_trainer(make_config(tmp_path / "stopped", **sections))
+    resumed.model.load_state_dict(ToyVQAModel(seed=7).state_dict())
+    assert resumed.fit(resume=tmp_path / "stopped")["global_step"] == full.global_step
+    for name, tensor in full.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 __all__ = ["main", "train_main", "evaluate_main", "predict_main"]
@@ -23,7 +24,11 @@ def build_train_parser() -> argparse.ArgumentParser:
         description="Train a VQA model from a YAML preset plus key=value overrides.",
         epilog="Example: scripts/train.py --config models/easy_vqa_dba.yaml train.epochs=3 model.fusion.attention=full",
     )
-    parser.add_argument("--config", help="YAML preset, for example models/easy_vqa_dba.yaml")
+    parser.add_argument(
+        "--config",
+        help="YAML preset, for example models/easy_vqa_dba.yaml; required unless --resume points to a run "
+        "folder, whose config.yaml is then used",
+    )
     parser.add_argument(
         "--resume",
         help="checkpoint file (last.pt) or run folder to continue from; a missing path is an error",
@@ -44,7 +49,9 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
         help="score this results file ([{question_id, answer}]) instead of running a model; needs --dataset and --root",
     )
     parser.add_argument("--dataset", help="data set name; defaults to the one the model was trained on")
-    parser.add_argument("--root", help="data set folder; defaults to the one the model was trained on")
+    parser.add_argument(
+        "--root", help="data set folder; defaults to the one the model was trained on (easy_vqa needs none)"
+    )
     parser.add_argument("--batch-size", type=int, default=128, help="questions per batch")
     parser.add_argument("--max-samples", type=int, default=0, help="score only the first N questions (0: all)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -57,7 +64,7 @@ def build_predict_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image", help="image file")
     parser.add_argument("--question", help="question about the image")
     parser.add_argument("--batch", help='JSONL file with one {"image": ..., "question": ...} per line')
-    parser.add_argument("--top-k", type=int, default=5, help="number of answers to print per question")
+    parser.add_argument("--top-k", type=int, default=5, help="number of answers to print per question (default: 5)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per question")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     return parser
@@ -67,22 +74,51 @@ def train_main(argv: Optional[Sequence[str]] = None) -> dict:
     from vqa.config import load_config
     from vqa.pipeline import train
 
-    args = build_train_parser().parse_args(argv)
+    parser = build_train_parser()
+    args = parser.parse_args(argv)
     _setup_logging()
-    cfg = load_config(args.config, args.overrides)
+    config_path = args.config
+    if config_path is None:
+        if args.resume is None:
+            parser.error("pass --config PRESET (see models/*.yaml), or --resume RUN_FOLDER")
+        config_path = _run_config_of(Path(args.resume))
+    cfg = load_config(config_path, args.overrides)
     return train(cfg, resume=args.resume)
 
 
+def _run_config_of(resume: Path) -> str:
+    """Return the config.yaml that a training run saved next to its checkpoints."""
+    if not resume.exists():
+        raise FileNotFoundError(
+            f"--resume {resume} not found; pass a run folder that contains last.pt, or the checkpoint file itself"
+        )
+    run_dir = resume.parent if resume.is_file() else resume
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise FileNotFoundError(
+            f"{saved} not found, so the settings of the run to resume are unknown; pass --config with the "
+            "preset and overrides the run was started with"
+        )
+    logger.info("resuming with the run's own config %s", saved)
+    return str(saved)
+
+
 def evaluate_main(argv: Optional[Sequence[str]] = None) -> dict:
+    from vqa.model import VQAModel
     from vqa.pipeline import evaluate_saved_model, score_results_file
 
     parser = build_evaluate_parser()
     args = parser.parse_args(argv)
     _setup_logging()
     if args.score_results is not None:
-        if args.dataset is None or args.root is None:
-            parser.error("--score-results needs --dataset and --root to read the questions")
-        report = score_results_file(args.score_results, args.dataset, args.root, args.split)
+        dataset, root = args.dataset, args.root
+        if args.checkpoint is not None and (dataset is None or root is None):
+            trained_on = VQAModel.from_pretrained(args.checkpoint).training_data or {}
+            dataset = dataset or trained_on.get("dataset")
+            root = root if root is not None else trained_on.get("root")
+        if dataset is None:
+            parser.error("--score-results needs --dataset (and --root, except for easy_vqa) or --checkpoint")
+        report = score_results_file(args.score_results, dataset, root or "", args.split)
         print(format_report(report))
         return report
     if args.checkpoint is None:
@@ -98,11 +134,14 @@ def evaluate_main(argv: Optional[Sequence[str]] = None) -> dict:
         device=args.device,
     )
     print(format_report(report))
+    if args.results is not None:
+        print(f"wrote the predictions in the official results format to {args.results}")
     return report
 
 
 def format_report(report: dict) -> str:
-    lines = [f"accuracy: {report['accuracy']:.2f} ({report['num_questions']} questions)"]
+    scored = report.get("num_scored", report["num_questions"])
+    lines = [f"accuracy: {report['accuracy']:.2f} ({scored} of {report['num_questions']} questions scored)"]
     for answer_type, value in sorted(report.get("per_answer_type", {}).items()):
         lines.append(f"  {answer_type}: {value:.2f}")
     for group, value in sorted(report.get("per_group", {}).items()):
@@ -150,8 +189,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"usage: vqa {{{','.join(COMMANDS)}}} [options]; run 'vqa COMMAND --help' for details", file=sys.stderr)
         return 2
     try:
-        COMMANDS[argv[0]](argv[1:])
-    except (FileNotFoundError, ValueError) as error:
+        result = COMMANDS[argv[0]](argv[1:])
+    except (OSError, ValueError) as error:
+        # OSError covers missing files and images that fail to decode.
         logger.error("%s", error)
         return 1
+    if isinstance(result, dict) and str(result.get("stop_reason", "")).startswith("interrupted"):
+        return 130
     return 0

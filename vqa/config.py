@@ -158,6 +158,8 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     device: str = "auto"  # auto | cpu | cuda
     output_dir: str = "runs/default"
+    # Allow a fresh run to replace the checkpoints of an earlier run in output_dir.
+    overwrite: bool = False
     log_every: int = 20
     # Also write a mid-epoch checkpoint every this many optimizer steps (0: only at epoch ends).
     checkpoint_every: int = 0

@@ -28,7 +28,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    cfg = load_config(args.config, args.overrides)
+    # The demo retrains from scratch each time, replacing its previous run.
+    cfg = load_config(args.config, ["train.overwrite=true", *args.overrides])
     run_dir = Path(cfg.train.output_dir)
 
     # 1. Train; the best validation checkpoint lands in <run>/best.

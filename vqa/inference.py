@@ -78,6 +78,9 @@ class Predictor:
             return []
         if top_k < 1:
             raise ValueError(f"top_k={top_k} must be at least 1")
+        for index, (_, question) in enumerate(pairs):
+            if not str(question).strip():
+                raise ValueError(f"question {index} is empty; every image needs a non-empty question")
         self.model.eval()
 
         pixel_rows: list[torch.Tensor] = []

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
@@ -222,6 +223,15 @@ class VQAModel(nn.Module):
     def from_pretrained(cls, directory: Union[str, Path], device: Union[str, torch.device] = "cpu") -> "VQAModel":
         """Load a model written by ``save_pretrained``; nothing is unpickled."""
         directory = Path(directory)
+        if directory.is_file():
+            raise FileNotFoundError(
+                f"{directory} is a file; pass the model folder written by save_pretrained, such as <run>/best "
+                "(a training checkpoint such as last.pt is resumed with scripts/train.py --resume)"
+            )
+        if directory.is_dir() and (directory / "best" / CONFIG_FILE).is_file():
+            raise FileNotFoundError(
+                f"{directory} is a run folder, not a saved model; pass {directory / 'best'}"
+            )
         if not directory.is_dir():
             raise FileNotFoundError(
                 f"model folder {directory} not found; pass a folder written by VQAModel.save_pretrained "
@@ -240,6 +250,11 @@ class VQAModel(nn.Module):
         model.training_data = training_data
         try:
             load_model(model, str(directory / WEIGHTS_FILE), strict=True)
+        except SafetensorError as error:
+            raise ValueError(
+                f"{directory / WEIGHTS_FILE} could not be read ({error}); the file is damaged or incomplete, "
+                "so save the model again"
+            ) from error
         except RuntimeError as error:
             raise ValueError(
                 f"{directory / WEIGHTS_FILE} does not match the architecture in {directory / CONFIG_FILE}: {error}"

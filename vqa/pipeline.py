@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -60,12 +62,42 @@ def _run_vocab(cfg: RunConfig, train_records: list[QuestionRecord], resume: Opti
     return build_vocab(cfg.data, train_records)
 
 
+def _check_output_dir(cfg: RunConfig, resume: Optional[str]) -> None:
+    """Reject a fresh run whose output folder already holds another run's checkpoints."""
+    output_dir = Path(cfg.train.output_dir)
+    if resume is not None:
+        return
+    if cfg.train.overwrite:
+        _remove_run_files(output_dir)
+        return
+    existing = [name for name in ("last.pt", "best") if (output_dir / name).exists()]
+    if existing:
+        raise ValueError(
+            f"train.output_dir={output_dir} already contains {' and '.join(existing)} from an earlier run; "
+            f"continue it with --resume {output_dir}, choose another train.output_dir, "
+            "or pass train.overwrite=true to replace it"
+        )
+
+
+RUN_FILES = ("last.pt", "best.json", "best_predictions.json", "metrics.jsonl", VOCAB_FILE)
+RUN_FOLDERS = ("best", "tensorboard")
+
+
+def _remove_run_files(output_dir: Path) -> None:
+    """Delete what an earlier run wrote into ``output_dir``, so its curves do not mix with the new run's."""
+    for name in RUN_FILES:
+        (output_dir / name).unlink(missing_ok=True)
+    for name in RUN_FOLDERS:
+        shutil.rmtree(output_dir / name, ignore_errors=True)
+
+
 def train(cfg: RunConfig, resume: Optional[str] = None) -> dict[str, Any]:
     """Train the model that ``cfg`` describes; returns the trainer's summary."""
     if resume is not None and not Path(resume).exists():
         raise FileNotFoundError(
             f"--resume {resume} not found; pass a run folder that contains last.pt, or the checkpoint file itself"
         )
+    _check_output_dir(cfg, resume)
     torch.manual_seed(cfg.train.seed)
     train_records = build_records(cfg.data, cfg.data.train_split, cfg.data.max_train_samples)
     val_records = build_records(cfg.data, cfg.data.val_split, cfg.data.max_eval_samples)
@@ -149,6 +181,7 @@ def score_predictions(predictions: list[dict], records: list[QuestionRecord], da
         "per_answer_type": scored["per_answer_type"],
         "per_group": scored.get("per_group", {}),
         "num_questions": scored["num_questions"],
+        "num_scored": scored["num_scored"],
         "missing": scored["missing"],
         "extra": scored["extra"],
     }
@@ -156,5 +189,11 @@ def score_predictions(predictions: list[dict], records: list[QuestionRecord], da
 
 def score_results_file(results_path: Union[str, Path], dataset: str, root: str, split: str) -> dict[str, Any]:
     """Score a results file in the official format; missing and extra ids are counted and reported."""
+    try:
+        predictions = load_results(results_path)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"results file {results_path} is not valid JSON: {error}") from error
+    if not predictions:
+        raise ValueError(f"results file {results_path} contains no predictions")
     records = build_records(DataConfig(dataset=dataset, root=root), split)
-    return score_predictions(load_results(results_path), records, dataset)
+    return score_predictions(predictions, records, dataset)

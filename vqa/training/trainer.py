@@ -17,6 +17,8 @@ import logging
 import math
 import random
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -58,6 +60,10 @@ BEST_SUMMARY_FILE = "best.json"
 BEST_PREDICTIONS_FILE = "best_predictions.json"
 # Skipped image paths named per log line; the count is always logged.
 MAX_SKIPPED_NAMED = 5
+
+
+# Stop reasons that start with this word come from SIGINT or SIGTERM.
+INTERRUPTED = "interrupted"
 
 
 def _seed_everything(seed: int) -> None:
@@ -161,6 +167,9 @@ class Trainer:
         self._last_batch: Optional[dict[str, Any]] = None
         self._metrics: Optional[MetricLogger] = None
         self._fit_start = 0.0
+        # Name of the first SIGINT or SIGTERM received during fit(); training then stops at the
+        # next optimizer-step boundary and writes a checkpoint.
+        self._stop_signal: Optional[str] = None
 
     # ------------------------------------------------------------------ setup
 
@@ -502,7 +511,34 @@ class Trainer:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        """Turn the first SIGINT or SIGTERM into a clean stop; a second one interrupts at once."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def request_stop(signum: int, frame: Any) -> None:
+            if self._stop_signal is not None:
+                raise KeyboardInterrupt
+            self._stop_signal = signal.Signals(signum).name
+            logger.warning(
+                "received %s: stopping after the current step and writing a checkpoint; send it again to stop at once",
+                self._stop_signal,
+            )
+
+        return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _signal_received(self) -> bool:
+        flag = self._stop_signal is not None
+        if not is_distributed():
+            return flag
+        # All ranks stop at the same step when any one of them was signalled.
+        tensor = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return bool(tensor.item())
+
     def _stop_reason(self) -> Optional[str]:
+        if self._signal_received():
+            return f"{INTERRUPTED} by {self._stop_signal or 'a signal on another rank'}"
         if self.cfg.train.max_steps > 0 and self.global_step >= self.cfg.train.max_steps:
             return f"reached train.max_steps={self.cfg.train.max_steps}"
         if self._time_is_up():
@@ -603,8 +639,23 @@ class Trainer:
         micro_batches = 0
         stop_reason = None
         data_start = time.perf_counter()
+        batches = iter(loader)
         try:
-            for batch in loader:
+            while True:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    break
+                except RuntimeError:
+                    if self._stop_signal is None:
+                        raise
+                    # A terminal Ctrl-C also reaches the DataLoader workers, which then exit.
+                    # NOTE: a stop inside a gradient-accumulation group rewinds to the group's first
+                    # batch, but the dropout RNG has moved on, so that resume is not bit-exact.
+                    self.batches_done -= micro_batches
+                    self.optimizer.zero_grad(set_to_none=True)
+                    stop_reason = f"{INTERRUPTED} by {self._stop_signal}"
+                    break
                 window["data_time"] += time.perf_counter() - data_start
                 window["batches"] += 1
                 window["samples"] += len(batch["question_ids"])
@@ -697,12 +748,17 @@ class Trainer:
         )
         stop_reason = self._stop_reason() if self.global_step > 0 else None
         redirect = logging_redirect_tqdm() if self.is_main else contextlib.nullcontext()
+        previous_handlers = self._install_signal_handlers()
         try:
             with redirect:
                 while stop_reason is None and self.epoch < cfg.train.epochs:
                     stop_reason = self._run_epoch()
         finally:
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
             self._metrics.close()
+        if stop_reason is not None and stop_reason.startswith(INTERRUPTED):
+            self._info("continue this run with --resume %s", self.output_dir)
         if stop_reason is None and self.epoch >= cfg.train.epochs:
             stop_reason = f"finished train.epochs={cfg.train.epochs}"
         self._info("training stopped: %s at step %d", stop_reason, self.global_step)
@@ -719,6 +775,10 @@ class Trainer:
     def _run_epoch(self) -> Optional[str]:
         epoch = self.epoch
         stop_reason = self._train_epoch()
+        if stop_reason is not None and stop_reason.startswith(INTERRUPTED):
+            # Keep the progress and leave quickly; evaluation waits for the resumed run.
+            self.save_checkpoint()
+            return stop_reason
         epoch_complete = self.batches_done >= math.ceil(self.sampler.num_samples / self.cfg.data.batch_size)
         if epoch_complete:
             self.epoch = epoch + 1
