@@ -1,6 +1,5 @@
 """VQADataset, VQACollator and ImageGroupedBatchSampler, including bad images with DataLoader workers."""
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image

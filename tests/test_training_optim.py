@@ -3,7 +3,6 @@
 import math
 
 import pytest
-import torch
 
 from training_toys import ToyVQAModel
 from vqa.config import OptimConfig

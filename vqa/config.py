@@ -179,18 +179,19 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> RunConfig:
-    """Merge a YAML preset and ``key=value`` overrides onto the ``RunConfig`` defaults.
+def load_config(path: Optional[str] = None, overrides: Sequence[str] = (), schema: type = RunConfig) -> Any:
+    """Merge a YAML preset and ``key=value`` overrides onto the defaults of ``schema``.
 
     Args:
         path: YAML preset (for example ``models/easy_vqa_dba.yaml``); None uses the defaults.
         overrides: dotted assignments such as ``train.epochs=3`` or ``model.fusion.attention=full``.
+        schema: the config dataclass, ``RunConfig`` or a subclass such as the ablation's.
 
     Raises:
         FileNotFoundError: the preset does not exist.
         ValueError: an unknown key, a value of the wrong type, or a malformed override.
     """
-    merged = OmegaConf.structured(RunConfig)
+    merged = OmegaConf.structured(schema)
     try:
         if path is not None:
             preset = Path(path)

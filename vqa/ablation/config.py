@@ -9,14 +9,11 @@ overrides onto these dataclasses with OmegaConf, so a misspelled key fails at lo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from vqa.attention import ATTENTION_KINDS
-from vqa.config import RunConfig
+from vqa.config import RunConfig, load_config
 
 __all__ = ["DBAVariant", "SortOfClevrData", "AblationSection", "AblationConfig", "load_ablation_config"]
 
@@ -102,21 +99,7 @@ def load_ablation_config(path: Optional[str] = None, overrides: Sequence[str] = 
         ValueError: An unknown key, a value of the wrong type, a malformed override, or an
             inconsistent ablation (see ``check_ablation_config``).
     """
-    merged = OmegaConf.structured(AblationConfig)
-    try:
-        if path is not None:
-            preset = Path(path)
-            if not preset.is_file():
-                raise FileNotFoundError(f"config file {preset} not found; ablation presets live in models/ablation_*.yaml")
-            merged = OmegaConf.merge(merged, OmegaConf.load(preset))
-        for item in overrides:
-            if "=" not in item:
-                raise ValueError(f"override {item!r} is not of the form key=value, for example train.max_steps=100")
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
-    except OmegaConfBaseException as error:
-        source = f" in {path}" if path is not None else ""
-        raise ValueError(f"invalid ablation config{source}: {error}") from error
-    cfg = OmegaConf.to_object(merged)
+    cfg = load_config(path, overrides, schema=AblationConfig)
     check_ablation_config(cfg)
     return cfg
 
