@@ -12,21 +12,10 @@ from vqa.ablation import expand_specs, fusion_flops_per_sample, load_ablation_co
 from vqa.ablation.measure import TimedModel, time_side_by_side
 from vqa.ablation.report import RUN_COLUMNS, summarize_runs, write_report
 from vqa.config import FusionConfig
+from tiny_overrides import TINY_MODEL_OVERRIDES
 from vqa.fusion import FusionStack
 
-TINY = [
-    "model.image.name=test_efficientnet",
-    "model.text.pretrained=false",
-    "model.text.max_length=24",
-    "model.text.config_overrides.hidden_size=32",
-    "model.text.config_overrides.num_hidden_layers=1",
-    "model.text.config_overrides.num_attention_heads=2",
-    "model.text.config_overrides.intermediate_size=64",
-    "model.fusion.dim=32",
-    "model.fusion.num_heads=2",
-    "model.fusion.depth=1",
-    "model.fusion.dropout=0.0",
-    "model.loss=ce",
+TINY = TINY_MODEL_OVERRIDES + [
     "data.dataset=sort_of_clevr",
     "data.group_by_image=true",
     "data.batch_size=4",

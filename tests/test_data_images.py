@@ -50,7 +50,9 @@ def test_grayscale_and_cmyk_colours(mixed_mode_files):
     gray = np.asarray(load_image(mixed_mode_files["gray"]))
     assert np.abs(gray.astype(int) - 100).max() <= 2
     red = np.asarray(load_image(mixed_mode_files["cmyk"])).reshape(-1, 3).mean(axis=0)
-    assert red[0] > 240 and red[1] < 15 and red[2] < 15
+    assert red[0] > 240
+    assert red[1] < 15
+    assert red[2] < 15
 
 
 def test_transparency_composited_on_white(mixed_mode_files):
@@ -98,7 +100,8 @@ def test_exif_orientation_is_applied(tmp_path):
     assert upright.size == (30, 40)
     pixels = np.asarray(upright)
     # After a clockwise quarter turn the stored top-left is the top-right.
-    assert pixels[2, 27, 0] > 200 and pixels[2, 27, 2] < 60
+    assert pixels[2, 27, 0] > 200
+    assert pixels[2, 27, 2] < 60
     assert pixels[2, 2, 2] > 200
     assert TO_TENSOR_32.transforms[1](upright).shape == (3, 40, 30)
 

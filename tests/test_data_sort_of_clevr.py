@@ -80,7 +80,8 @@ def test_scenes_have_six_distinct_colours_without_overlap(generated):
         assert sorted(o["color"] for o in objects) == sorted(COLORS)
         assert {o["shape"] for o in objects} <= {"circle", "square"}
         for i, a in enumerate(objects):
-            assert half <= a["x"] <= 1 - half and half <= a["y"] <= 1 - half
+            assert half <= a["x"] <= 1 - half
+            assert half <= a["y"] <= 1 - half
             for b in objects[i + 1 :]:
                 # Bounding squares of two objects must not intersect.
                 assert abs(a["x"] - b["x"]) > 2 * half or abs(a["y"] - b["y"]) > 2 * half

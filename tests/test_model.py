@@ -78,7 +78,7 @@ def test_question_padding_leaves_logits_unchanged(attention):
     torch.testing.assert_close(padded, reference, atol=1e-5, rtol=0)
 
 
-def test_one_question_alone_matches_its_row_in_a_batch():
+def test_single_question_matches_batch_row():
     model = tiny_model().eval()
     batch = batch_for(model)
     with torch.no_grad():
@@ -144,7 +144,7 @@ def test_load_rejects_unknown_config_key(tmp_path):
         VQAModel.from_pretrained(tmp_path / "saved")
 
 
-def test_frozen_encoders_get_no_gradient_and_leave_param_groups():
+def test_frozen_encoder_gets_no_gradient():
     model = tiny_model(freeze_blocks=-1)
     model.train()
     logits = model(**batch_for(model))

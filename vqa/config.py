@@ -1,6 +1,6 @@
 """Typed configuration for models and training runs.
 
-Presets are YAML files under ``models/``; ``load_config`` merges a preset and
+Presets are YAML files under ``models/``. ``load_config`` merges a preset and
 ``key=value`` command-line overrides onto these dataclasses with OmegaConf, so
 a misspelled key or a value of the wrong type fails at load time.
 """
@@ -107,7 +107,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Which data set to read and how to batch it."""
+    """Data set, splits, answer vocabulary and batching."""
 
     dataset: str = "easy_vqa"  # vqa_v2 | gqa | clevr | easy_vqa | sort_of_clevr
     root: str = "data/easy_vqa"

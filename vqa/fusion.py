@@ -7,7 +7,7 @@ The text stream runs ``depth`` layers of self-attention and FFN. The image strea
 as in MCAN's encoder-decoder variant (Yu et al., "Deep Modular Co-Attention Networks
 for Visual Question Answering", CVPR 2019). The attention backend comes from
 ``vqa.attention.build_attention``. With DBA, each stream owns a learned initial latent
-(L, D); every attention call returns the packed sequence C, which becomes the latent
+(L, D). Every attention call returns the packed sequence C, which becomes the latent
 of the next call in the same stream.
 """
 

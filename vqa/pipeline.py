@@ -63,7 +63,7 @@ def _run_vocab(cfg: RunConfig, train_records: list[QuestionRecord], resume: Opti
 
 
 def _check_output_dir(cfg: RunConfig, resume: Optional[str]) -> None:
-    """Reject a fresh run whose output folder already holds another run's checkpoints."""
+    """Reject a fresh run whose output folder already contains another run's checkpoints."""
     output_dir = Path(cfg.train.output_dir)
     if resume is not None:
         return
