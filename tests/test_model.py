@@ -204,6 +204,14 @@ def test_bad_settings_raise_clear_errors():
     with pytest.raises(ValueError, match="head_fusion='concat'"):
         VQAModel(config, AnswerVocab(ANSWERS))
     config = tiny_config()
+    config.head_image_pool = "mean"
+    with pytest.raises(ValueError, match="head_image_pool='mean'"):
+        VQAModel(config, AnswerVocab(ANSWERS))
+    config = tiny_config()
+    config.fusion.decoder = "both"
+    with pytest.raises(ValueError, match="fusion.decoder='both'"):
+        VQAModel(config, AnswerVocab(ANSWERS))
+    config = tiny_config()
     config.num_answers = 7
     with pytest.raises(ValueError, match="num_answers=7"):
         VQAModel(config, AnswerVocab(ANSWERS))
@@ -220,3 +228,65 @@ def test_product_head_multiplies_pooled_vectors():
     with torch.no_grad():
         expected = head.classifier(head.norm(head.text_pool(text, mask) * head.image_pool(image, None)))
         torch.testing.assert_close(head(text, mask, image, None), expected)
+
+
+def test_guided_pool_weights_follow_the_question():
+    config = tiny_config()
+    config.head_image_pool = "guided"
+    torch.manual_seed(0)
+    model = VQAModel(config, AnswerVocab(ANSWERS)).eval()
+    pool = model.head.image_pool
+    assert pool.logit_scale == 8.0
+    tokens = torch.randn(1, 6, 32).expand(2, 6, 32)
+    queries = torch.randn(2, pool.query_proj.in_features)
+    mask = torch.tensor([[True] * 4 + [False] * 2] * 2)
+    with torch.no_grad():
+        pooled = pool(tokens, mask, queries)
+        # Same tokens, different questions: different weights, so different pooled vectors.
+        assert not torch.allclose(pooled[0], pooled[1], atol=1e-4)
+        # Padded tokens get no weight: changing them changes nothing.
+        changed = tokens.clone()
+        changed[:, 4:] = 100.0
+        torch.testing.assert_close(pool(changed, mask, queries), pooled)
+        # The weights are the scaled softmax of the per-token scores.
+        joint = pool.token_proj(tokens) * pool.query_proj(queries).unsqueeze(1)
+        logits = 8.0 * pool.score(joint).squeeze(-1)
+        weights = logits.masked_fill(~mask, float("-inf")).softmax(-1)
+        torch.testing.assert_close(pooled, pool.proj(torch.einsum("bn,bnd->bd", weights, tokens)))
+
+
+@pytest.mark.parametrize("attention", ["dba", "full", "linformer"])
+def test_text_decoder_runs_image_layers_once_per_image(attention):
+    config = tiny_config(attention)
+    config.fusion.decoder = "text"
+    torch.manual_seed(0)
+    model = VQAModel(config, AnswerVocab(ANSWERS)).eval()
+    batch = batch_for(model)  # 3 questions about 2 images: rows 0, 1, 0
+    calls = []
+    hook = model.fusion.image_layers[0].register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    with torch.no_grad():
+        shared = model(**batch)
+        # The same images repeated per question give the same logits.
+        repeated = batch["pixel_values"].index_select(0, batch["image_index"])
+        per_question = model(repeated, batch["input_ids"], batch["attention_mask"])
+    hook.remove()
+    assert calls == [2, 3]
+    torch.testing.assert_close(shared, per_question, atol=1e-5, rtol=0)
+    # The question now reads the image: another image changes the logits of the same question.
+    with torch.no_grad():
+        other = model(torch.randn_like(batch["pixel_values"]), batch["input_ids"], batch["attention_mask"], batch["image_index"])
+    assert not torch.allclose(other, shared, atol=1e-4)
+
+
+def test_text_decoder_gives_gradients_to_every_layer():
+    config = tiny_config()
+    config.fusion.decoder = "text"
+    config.head_image_pool = "guided"
+    torch.manual_seed(0)
+    model = VQAModel(config, AnswerVocab(ANSWERS)).train()
+    logits = model(**batch_for(model))
+    logits.square().mean().backward()
+    for name, parameter in model.fusion.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    assert model.fusion.image_layers[0].cross_attn is None
+    assert model.fusion.text_layers[0].cross_attn is not None

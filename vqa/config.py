@@ -86,6 +86,9 @@ class FusionConfig:
     ffn_ratio: float = 4.0
     dropout: float = 0.1
     norm: str = "pre"  # pre | post
+    # Which stream cross-attends to the other: image (MCAN: the image stream reads the question,
+    # once per question) or text (the question reads the image; the image stream runs once per image).
+    decoder: str = "image"
     # Extra options for ``vqa.attention.build_attention``, for example
     # ``{num_latents: 16, reduced_dim: 24}`` for DBA or ``{max_len: 1024}`` for Linformer.
     attention_options: dict[str, Any] = field(default_factory=dict)
@@ -100,6 +103,9 @@ class ModelConfig:
     head_hidden_dim: int = 0
     # How the answer head merges the pooled question and image vectors: sum (MCAN) or product.
     head_fusion: str = "sum"
+    # How the head pools image tokens: self (weights from each token alone, MCAN) or guided
+    # (weights from each token and the pooled question, top-down attention).
+    head_image_pool: str = "self"
     # bce: binary cross-entropy on soft VQA scores; ce: cross-entropy for single-answer data sets.
     loss: str = "bce"
     num_answers: Optional[int] = None

@@ -1,14 +1,24 @@
-"""MCAN-style encoder-decoder stack that fuses question and image tokens.
+"""Encoder-decoder stacks that fuse question and image tokens, as in MCAN.
 
-Shape letters: B batch, T question tokens, N image tokens, D fusion width, L latent slots.
+Shape letters: I distinct images, B questions, T question tokens, N image tokens,
+D fusion width, L latent slots.
 
-The text stream runs ``depth`` layers of self-attention and FFN. The image stream runs
-``depth`` layers of self-attention, cross-attention to the final text stream, and FFN,
-as in MCAN's encoder-decoder variant (Yu et al., "Deep Modular Co-Attention Networks
-for Visual Question Answering", CVPR 2019). The attention backend comes from
-``vqa.attention.build_attention``. With DBA, each stream owns a learned initial latent
-(L, D). Every attention call returns the packed sequence C, which becomes the latent
-of the next call in the same stream.
+``fusion.decoder`` says which stream reads the other:
+
+- ``image`` (MCAN's encoder-decoder, Yu et al., "Deep Modular Co-Attention Networks for
+  Visual Question Answering", CVPR 2019): the question runs ``depth`` layers of
+  self-attention and FFN; the image runs ``depth`` layers of self-attention,
+  cross-attention to the final question stream, and FFN. Every image layer depends on
+  the question, so the image stream runs once per question.
+- ``text``: the image runs ``depth`` layers of self-attention and FFN; the question runs
+  ``depth`` layers of self-attention, cross-attention to the final image stream, and FFN.
+  The image stream does not depend on the question, so it runs once per distinct image
+  and is shared by all questions about that image. The cross-attention then attends over
+  N image tokens, which is where DBA's packing pays off.
+
+The attention backend comes from ``vqa.attention.build_attention``. With DBA, each stream
+owns a learned initial latent (L, D). Every attention call returns the packed sequence C,
+which becomes the latent of the next call in the same stream.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ __all__ = ["FusionStack", "FeedForward"]
 
 ATTENTION_KINDS = ("dba", "full", "linformer")
 NORM_PLACEMENTS = ("pre", "post")
+DECODERS = ("image", "text")
 
 
 class FeedForward(nn.Module):
@@ -63,33 +74,24 @@ class Residual(nn.Module):
         return x, latent
 
 
-class TextLayer(nn.Module):
-    def __init__(self, cfg: FusionConfig, attention_options: dict):
-        super().__init__()
-        attn = build_attention(cfg.attention, cfg.dim, cfg.num_heads, **attention_options)
-        ffn = FeedForward(cfg.dim, int(cfg.dim * cfg.ffn_ratio), cfg.dropout)
-        self.self_attn = Residual(cfg.dim, attn, cfg.dropout, cfg.norm)
-        self.ffn = Residual(cfg.dim, ffn, cfg.dropout, cfg.norm)
+class FusionLayer(nn.Module):
+    """Self-attention, then cross-attention to the other stream when ``cross_options`` is given, then FFN."""
 
-    def forward(self, x, mask, latent):
-        x, latent = self.self_attn(x, x_mask=mask, latent=latent)
-        x, _ = self.ffn(x)
-        return x, latent
-
-
-class ImageLayer(nn.Module):
-    def __init__(self, cfg: FusionConfig, self_options: dict, cross_options: dict):
+    def __init__(self, cfg: FusionConfig, self_options: dict, cross_options: Optional[dict]):
         super().__init__()
         self_attn = build_attention(cfg.attention, cfg.dim, cfg.num_heads, **self_options)
-        cross_attn = build_attention(cfg.attention, cfg.dim, cfg.num_heads, **cross_options)
         ffn = FeedForward(cfg.dim, int(cfg.dim * cfg.ffn_ratio), cfg.dropout)
         self.self_attn = Residual(cfg.dim, self_attn, cfg.dropout, cfg.norm)
-        self.cross_attn = Residual(cfg.dim, cross_attn, cfg.dropout, cfg.norm)
+        self.cross_attn: Optional[Residual] = None
+        if cross_options is not None:
+            cross_attn = build_attention(cfg.attention, cfg.dim, cfg.num_heads, **cross_options)
+            self.cross_attn = Residual(cfg.dim, cross_attn, cfg.dropout, cfg.norm)
         self.ffn = Residual(cfg.dim, ffn, cfg.dropout, cfg.norm)
 
-    def forward(self, x, mask, text, text_mask, latent):
+    def forward(self, x, mask, latent, context=None, context_mask=None):
         x, latent = self.self_attn(x, x_mask=mask, latent=latent)
-        x, latent = self.cross_attn(x, context=text, x_mask=mask, context_mask=text_mask, latent=latent)
+        if self.cross_attn is not None:
+            x, latent = self.cross_attn(x, context=context, x_mask=mask, context_mask=context_mask, latent=latent)
         x, _ = self.ffn(x)
         return x, latent
 
@@ -108,10 +110,11 @@ def _stream_options(cfg: FusionConfig, context_len: int) -> dict:
 
 
 class FusionStack(nn.Module):
-    """Fuse question tokens (B, T, D) and image tokens (B, N, D).
+    """Fuse question tokens (B, T, D) and image tokens (I, N, D).
 
     Args:
-        cfg: stack width, depth, heads, norm placement, dropout and attention backend.
+        cfg: stack width, depth, heads, norm placement, dropout, attention backend and
+            which stream is the decoder.
         max_text_len: longest question in tokens (sizes Linformer's projections).
         max_image_tokens: image tokens per image (sizes Linformer's projections).
     """
@@ -124,13 +127,18 @@ class FusionStack(nn.Module):
             raise ValueError(f"fusion.norm={cfg.norm!r} is not supported; choose one of {NORM_PLACEMENTS}")
         if cfg.depth < 1:
             raise ValueError(f"fusion.depth={cfg.depth} must be at least 1")
+        if cfg.decoder not in DECODERS:
+            raise ValueError(f"fusion.decoder={cfg.decoder!r} is not supported; choose one of {DECODERS}")
 
+        # Options are sized by the sequence each call compresses: its own for self-attention,
+        # the other stream for cross-attention.
         text_options = _stream_options(cfg, max_text_len)
         image_options = _stream_options(cfg, max_image_tokens)
-        self.text_layers = nn.ModuleList(TextLayer(cfg, text_options) for _ in range(cfg.depth))
-        self.image_layers = nn.ModuleList(
-            ImageLayer(cfg, image_options, text_options) for _ in range(cfg.depth)
-        )
+        self.decoder = cfg.decoder
+        text_cross = image_options if cfg.decoder == "text" else None
+        image_cross = text_options if cfg.decoder == "image" else None
+        self.text_layers = nn.ModuleList(FusionLayer(cfg, text_options, text_cross) for _ in range(cfg.depth))
+        self.image_layers = nn.ModuleList(FusionLayer(cfg, image_options, image_cross) for _ in range(cfg.depth))
         self.pre_norm = cfg.norm == "pre"
         self.text_norm = nn.LayerNorm(cfg.dim) if self.pre_norm else nn.Identity()
         self.image_norm = nn.LayerNorm(cfg.dim) if self.pre_norm else nn.Identity()
@@ -150,18 +158,44 @@ class FusionStack(nn.Module):
         text_mask: Optional[torch.Tensor],
         image: torch.Tensor,
         image_mask: Optional[torch.Tensor] = None,
+        image_index: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the fused text (B, T, D) and image (B, N, D) streams.
 
         Masks are boolean with True marking a real token; None means no padding.
+        ``image_index`` (B,) gives the row of ``image`` for each question; None means
+        question i belongs to image i. With ``decoder="text"`` the image layers run on the
+        I distinct images before the rows are picked.
         """
+        if self.decoder == "text":
+            image, image_mask = self._run_image(image, image_mask)
+            image, image_mask = _select(image, image_mask, image_index)
+            text = self._run_text(text, text_mask, image, image_mask)
+        else:
+            image, image_mask = _select(image, image_mask, image_index)
+            text = self._run_text(text, text_mask)
+            image, image_mask = self._run_image(image, image_mask, text, text_mask)
+        return text, image
+
+    def _run_text(self, text, text_mask, context=None, context_mask=None) -> torch.Tensor:
         latent = self.text_latent
         for layer in self.text_layers:
-            text, latent = layer(text, text_mask, latent)
-        text = self.text_norm(text)
+            text, latent = layer(text, text_mask, latent, context, context_mask)
+        return self.text_norm(text)
 
+    def _run_image(self, image, image_mask, context=None, context_mask=None):
         latent = self.image_latent
         for layer in self.image_layers:
-            image, latent = layer(image, image_mask, text, text_mask, latent)
-        image = self.image_norm(image)
-        return text, image
+            image, latent = layer(image, image_mask, latent, context, context_mask)
+        return self.image_norm(image), image_mask
+
+
+def _select(image: torch.Tensor, image_mask: Optional[torch.Tensor], image_index: Optional[torch.Tensor]):
+    """Pick the image row of every question; no index keeps the rows as they are."""
+    if image_index is None:
+        return image, image_mask
+    image_index = image_index.to(image.device)
+    image = image.index_select(0, image_index)
+    if image_mask is not None:
+        image_mask = image_mask.index_select(0, image_index)
+    return image, image_mask

