@@ -263,3 +263,38 @@ def test_failing_run_is_recorded_and_others_continue(tmp_path):
         assert run["curve"] and run["curve"][-1]["step"] == 4
         assert not (tmp_path / "runs" / name / "last.pt").exists()
     assert "dba_bad_32px_seed0" in (tmp_path / "results.md").read_text()
+
+
+# --- learnability probe ---------------------------------------------------------------------------
+
+
+def test_probe_trains_on_cached_features_and_reports_every_family(tmp_path):
+    from vqa.ablation.probe import ProbeSettings, run_probe
+    from vqa.data.sort_of_clevr import QUESTION_FAMILIES
+
+    cfg = tiny_config(tmp_path, "model.image.img_size=32", "model.image.freeze_blocks=-1", "model.head_image_pool=guided")
+    settings = ProbeSettings(
+        data_dir=str(tmp_path / "data"), train_images=8, test_images=4, steps=3, batch_questions=6, eval_every=2, logit_scale=2.0
+    )
+    history = run_probe(cfg, settings, log=lambda line: None)
+    assert [record["step"] for record in history] == [2, 3]
+    for record in history:
+        assert set(record["families"]) == set(QUESTION_FAMILIES)
+        # Every family has 4 test questions, so the overall accuracy is the mean over families.
+        mean = sum(record["families"].values()) / len(QUESTION_FAMILIES)
+        assert record["accuracy"] == pytest.approx(mean, abs=0.1)
+        for family, accuracy in record["families"].items():
+            assert accuracy in (0.0, 25.0, 50.0, 75.0, 100.0), family
+    assert (tmp_path / "data" / "questions" / "CLEVR_test_questions.json").is_file()
+
+
+def test_probe_rejects_settings_it_cannot_honour(tmp_path):
+    from vqa.ablation.probe import ProbeSettings, run_probe
+
+    settings = ProbeSettings(data_dir=str(tmp_path / "data"), train_images=4, test_images=2, steps=1, batch_questions=2, logit_scale=2.0)
+    trainable = tiny_config(tmp_path, "model.image.img_size=32", "model.image.freeze_blocks=0")
+    with pytest.raises(ValueError, match="freeze_blocks=-1"):
+        run_probe(trainable, settings, log=lambda line: None)
+    self_pool = tiny_config(tmp_path, "model.image.img_size=32", "model.image.freeze_blocks=-1")
+    with pytest.raises(ValueError, match="head_image_pool=guided"):
+        run_probe(self_pool, settings, log=lambda line: None)

@@ -411,7 +411,14 @@ class ImageEncoder(FreezableEncoder):
                 tokens = tokens[:, self.backbone.num_prefix_tokens:]
             return self.norm(self.proj(tokens))
 
-        feature_map = self.backbone(pixel_values)[0]  # (B, C, h, w)
+        return self.tokens_from_features(self.backbone(pixel_values)[0])
+
+    def tokens_from_features(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """Turn a CNN feature map (B, C, h, w) into tokens (B, h*w, dim) with 2-D positions.
+
+        ``forward`` calls it on the backbone's output; with a frozen backbone the feature maps
+        can be computed once and passed here directly.
+        """
         height, width = feature_map.shape[-2:]
         tokens = feature_map.flatten(2).transpose(1, 2)  # (B, h*w, C)
         tokens = self.norm(self.proj(tokens))  # (B, h*w, dim)
