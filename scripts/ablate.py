@@ -3,6 +3,7 @@
 
 Usage: scripts/ablate.py --config models/ablation_sort_of_clevr.yaml [key=value ...]
 Writes results.md, results.csv, results.json and PNG plots into ablation.output_dir.
+Exits with 1 when any run failed (the tables still list it with its error), 2 on a bad config.
 """
 
 import argparse
@@ -23,11 +24,13 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    report = run_ablation(cfg, config_path=args.config)
+    report = run_ablation(cfg, config_path=args.config, overrides=args.overrides)
     failed = [run["name"] for run in report["runs"] if run.get("status") != "ok"]
     print(f"{len(report['runs']) - len(failed)} of {len(report['runs'])} runs finished; results in {cfg.ablation.output_dir}/results.md")
     if failed:
-        print("failed runs: " + ", ".join(failed))
+        # The tables are written either way; the status lets a script or CI job notice the failures.
+        print("failed runs: " + ", ".join(failed) + "; their errors are in the tables", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -212,7 +213,7 @@ def test_report_files_have_expected_columns(tmp_path):
     cfg = tiny_config(tmp_path, "ablation.backends=[dba,full]", "ablation.image_sizes=[32,64]")
     runs = [fake_run(variant, size, 0, 60.0) for variant in ("dba", "full") for size in (32, 64)]
     runs.append(fake_run("full", 64, 1, 0.0, status="failed"))
-    write_report(cfg, runs, [], tmp_path, wall_seconds=12.0)
+    write_report(cfg, runs, [], tmp_path, wall_seconds=12.0, overrides=["model.fusion.decoder=text"])
 
     with (tmp_path / "results.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -225,7 +226,9 @@ def test_report_files_have_expected_columns(tmp_path):
 
     report = json.loads((tmp_path / "results.json").read_text())
     assert {"meta", "summary", "runs", "speed"} <= set(report)
+    assert report["meta"]["overrides"] == ["model.fusion.decoder=text"]
     markdown = (tmp_path / "results.md").read_text()
+    assert "- Overrides: `model.fusion.decoder=text`" in markdown
     assert "| 64 | 64 | full | 1/2 |" in markdown
     assert "ValueError: injected" in markdown
     for plot in ("accuracy_curves.png", "cost_vs_tokens.png"):
@@ -298,3 +301,52 @@ def test_probe_rejects_settings_it_cannot_honour(tmp_path):
     self_pool = tiny_config(tmp_path, "model.image.img_size=32", "model.image.freeze_blocks=-1")
     with pytest.raises(ValueError, match="head_image_pool=guided"):
         run_probe(self_pool, settings, log=lambda line: None)
+
+
+def test_probe_checks_settings_before_loading_anything(tmp_path):
+    from vqa.ablation.probe import ProbeSettings
+
+    good = dict(data_dir=str(tmp_path), train_images=4, test_images=2, steps=1, batch_questions=2, eval_every=1)
+    ProbeSettings(**good).check()
+    for change, message in (
+        ({"steps": 0}, "steps=0 must be at least 1"),
+        ({"eval_every": 0}, "eval_every=0 must be at least 1"),
+        ({"train_images": 0}, "train_images=0 must be at least 1"),
+        ({"batch_questions": 25}, "batch_questions=25 is larger than the 24 training questions"),
+        ({"logit_scale": 0.0}, "logit_scale=0.0 must be positive"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            ProbeSettings(**{**good, **change}).check()
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_script(name):
+    import importlib.util
+
+    path = REPO / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"script_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ablate_script_exit_status(tmp_path, monkeypatch, capsys):
+    script = _load_script("ablate")
+    calls = []
+
+    def fake_run(cfg, config_path, overrides):
+        calls.append(list(overrides))
+        return {"runs": [{"name": "dba_32px_seed0", "status": "ok"}, {"name": "full_32px_seed0", "status": "failed"}]}
+
+    monkeypatch.setattr(script, "run_ablation", fake_run)
+    overrides = TINY + [f"ablation.output_dir={tmp_path}"]
+    # A bad choice stops the script before any run starts, naming the key and the choices.
+    assert script.main(["--config", str(REPO / "models/ablation_sort_of_clevr.yaml"), *overrides, "model.fusion.decoder=txt"]) == 2
+    assert "model.fusion.decoder='txt' is not supported; choose one of image, text" in capsys.readouterr().err
+    assert calls == []
+    # A failed run gives status 1 after the tables are written.
+    assert script.main(["--config", str(REPO / "models/ablation_sort_of_clevr.yaml"), *overrides]) == 1
+    assert "failed runs: full_32px_seed0" in capsys.readouterr().err
+    assert calls == [overrides]

@@ -152,3 +152,16 @@ def test_invalid_arguments(tmp_path):
         generate(tmp_path, num_images={"train": 1}, questions_per_image=37)
     with pytest.raises(ValueError, match="object_size"):
         generate(tmp_path, num_images={"train": 1}, object_size=10)
+
+
+def test_generate_once_rewrites_only_when_settings_change(tmp_path):
+    from vqa.data.sort_of_clevr import generate_once
+
+    settings = dict(image_size=32, num_images={"train": 2, "val": 1, "test": 3}, questions_per_image=6, seed=0)
+    assert generate_once(tmp_path, **settings) is True
+    assert generate_once(tmp_path, **settings) is False
+    changed = dict(settings, num_images={"train": 2, "val": 1, "test": 2})
+    assert generate_once(tmp_path, **changed) is True
+    questions = json.loads((tmp_path / "questions" / "CLEVR_test_questions.json").read_text())["questions"]
+    assert len(questions) == 2 * 6
+    assert json.loads((tmp_path / "generated.json").read_text())["num_images"]["test"] == 2

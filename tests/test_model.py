@@ -290,3 +290,14 @@ def test_text_decoder_gives_gradients_to_every_layer():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
     assert model.fusion.image_layers[0].cross_attn is None
     assert model.fusion.text_layers[0].cross_attn is not None
+
+
+def test_config_loading_rejects_unknown_choices_and_names_the_override():
+    from vqa.config import load_config
+
+    with pytest.raises(ValueError, match="model.head_image_pool='mean' is not supported; choose one of self, guided"):
+        load_config(None, ["model.head_image_pool=mean"])
+    with pytest.raises(ValueError, match="model.fusion.decoder='both' is not supported; choose one of image, text"):
+        load_config(None, ["model.fusion.decoder=both"])
+    with pytest.raises(ValueError, match=r"invalid override in \['model.fusion.dim=wide'\]"):
+        load_config(None, ["model.fusion.dim=wide"])

@@ -28,6 +28,15 @@ __all__ = [
 ]
 
 
+# Valid values of the string options; ``load_config`` checks them.
+FUSION_ATTENTIONS = ("dba", "full", "linformer")
+NORM_PLACEMENTS = ("pre", "post")
+DECODERS = ("image", "text")
+HEAD_FUSIONS = ("sum", "product")
+IMAGE_POOLS = ("self", "guided")
+LOSSES = ("bce", "ce")
+
+
 @dataclass
 class ImageEncoderConfig:
     """Image encoder: any timm model, chosen by name.
@@ -198,20 +207,42 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = (), schem
         ValueError: an unknown key, a value of the wrong type, or a malformed override.
     """
     merged = OmegaConf.structured(schema)
-    try:
-        if path is not None:
-            preset = Path(path)
-            if not preset.is_file():
-                raise FileNotFoundError(f"config file {preset} not found; presets live in models/*.yaml")
+    if path is not None:
+        preset = Path(path)
+        if not preset.is_file():
+            raise FileNotFoundError(f"config file {preset} not found; presets live in models/*.yaml")
+        try:
             merged = OmegaConf.merge(merged, OmegaConf.load(preset))
-        for item in overrides:
-            if "=" not in item:
-                raise ValueError(f"override {item!r} is not of the form key=value, for example train.epochs=3")
+        except OmegaConfBaseException as error:
+            raise ValueError(f"invalid config in {path}: {error}") from error
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value, for example train.epochs=3")
+    try:
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
-        source = f" in {path}" if path is not None else ""
-        raise ValueError(f"invalid config{source}: {error}") from error
-    return OmegaConf.to_object(merged)
+        raise ValueError(f"invalid override in {list(overrides)}: {error}") from error
+    if hasattr(cfg, "model"):
+        check_model_choices(cfg.model)
+    return cfg
+
+
+def check_model_choices(model: ModelConfig) -> None:
+    """Raise ValueError naming the key when a string option of ``model`` has no such choice.
+
+    Runs when a config is loaded, so a typo stops a run before any weights load.
+    """
+    for key, value, choices in (
+        ("model.fusion.attention", model.fusion.attention, FUSION_ATTENTIONS),
+        ("model.fusion.norm", model.fusion.norm, NORM_PLACEMENTS),
+        ("model.fusion.decoder", model.fusion.decoder, DECODERS),
+        ("model.head_fusion", model.head_fusion, HEAD_FUSIONS),
+        ("model.head_image_pool", model.head_image_pool, IMAGE_POOLS),
+        ("model.loss", model.loss, LOSSES),
+    ):
+        if value not in choices:
+            raise ValueError(f"{key}={value!r} is not supported; choose one of {', '.join(choices)}")
 
 
 def config_to_yaml(cfg: RunConfig) -> str:

@@ -29,13 +29,11 @@ import torch
 from torch import nn
 
 from vqa.attention import build_attention
-from vqa.config import FusionConfig
+from vqa.config import DECODERS, FUSION_ATTENTIONS, NORM_PLACEMENTS, FusionConfig
 
 __all__ = ["FusionStack", "FeedForward"]
 
-ATTENTION_KINDS = ("dba", "full", "linformer")
-NORM_PLACEMENTS = ("pre", "post")
-DECODERS = ("image", "text")
+ATTENTION_KINDS = FUSION_ATTENTIONS
 
 
 class FeedForward(nn.Module):
@@ -122,13 +120,13 @@ class FusionStack(nn.Module):
     def __init__(self, cfg: FusionConfig, max_text_len: int, max_image_tokens: int):
         super().__init__()
         if cfg.attention not in ATTENTION_KINDS:
-            raise ValueError(f"fusion.attention={cfg.attention!r} is not supported; choose one of {ATTENTION_KINDS}")
+            raise ValueError(f"model.fusion.attention={cfg.attention!r} is not supported; choose one of {ATTENTION_KINDS}")
         if cfg.norm not in NORM_PLACEMENTS:
-            raise ValueError(f"fusion.norm={cfg.norm!r} is not supported; choose one of {NORM_PLACEMENTS}")
+            raise ValueError(f"model.fusion.norm={cfg.norm!r} is not supported; choose one of {NORM_PLACEMENTS}")
         if cfg.depth < 1:
             raise ValueError(f"fusion.depth={cfg.depth} must be at least 1")
         if cfg.decoder not in DECODERS:
-            raise ValueError(f"fusion.decoder={cfg.decoder!r} is not supported; choose one of {DECODERS}")
+            raise ValueError(f"model.fusion.decoder={cfg.decoder!r} is not supported; choose one of {DECODERS}")
 
         # Options are sized by the sequence each call compresses: its own for self-attention,
         # the other stream for cross-attention.

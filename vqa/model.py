@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from vqa.config import ModelConfig
+from vqa.config import HEAD_FUSIONS, IMAGE_POOLS, LOSSES, ModelConfig
 from vqa.data import AnswerVocab
 from vqa.encoders import ImageEncoder, TextEncoder
 from vqa.fusion import FusionStack
@@ -36,9 +36,6 @@ WEIGHTS_FILE = "model.safetensors"
 VOCAB_FILE = "answers.json"
 TEXT_ENCODER_DIR = "text_encoder"
 FORMAT_VERSION = 1
-LOSSES = ("bce", "ce")
-HEAD_FUSIONS = ("sum", "product")
-IMAGE_POOLS = ("self", "guided")
 
 
 class AttentionPool(nn.Module):

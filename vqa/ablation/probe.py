@@ -27,7 +27,7 @@ from PIL import Image
 
 from vqa.config import RunConfig
 from vqa.data import AnswerVocab, read_clevr
-from vqa.data.sort_of_clevr import QUESTION_FAMILIES, RELATIONAL_FAMILIES, generate
+from vqa.data.sort_of_clevr import QUESTION_FAMILIES, RELATIONAL_FAMILIES, generate_once
 from vqa.model import GuidedAttentionPool, VQAModel
 from vqa.training.optim import build_optimizer, build_scheduler
 
@@ -61,6 +61,21 @@ class ProbeSettings:
     logit_scale: Optional[float] = None
     seed: int = 0
 
+    def check(self) -> None:
+        """Raise ValueError naming the setting that cannot work."""
+        for name in ("train_images", "test_images", "steps", "batch_questions", "eval_every"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"{name}={value} must be at least 1")
+        questions = self.train_images * len(QUESTION_FAMILIES)
+        if self.batch_questions > questions:
+            raise ValueError(
+                f"batch_questions={self.batch_questions} is larger than the {questions} training questions "
+                f"({self.train_images} images with {len(QUESTION_FAMILIES)} each); use a smaller batch or more images"
+            )
+        if self.logit_scale is not None and self.logit_scale <= 0:
+            raise ValueError(f"logit_scale={self.logit_scale} must be positive")
+
 
 def _encode_images(model: VQAModel, paths: list[str]) -> dict[str, torch.Tensor]:
     encoder = model.image_encoder
@@ -84,24 +99,30 @@ def run_probe(
 
     Each record holds ``step``, ``seconds`` (training time so far), ``loss`` (the last batch),
     ``accuracy``, ``relational``, ``non_relational`` and ``families`` (accuracy per question
-    family), all in percent.
+    family); the accuracies are in percent.
+
+    The data set is generated into ``settings.data_dir`` unless that folder already holds a copy
+    written with the same image size and counts (``probe_data.json`` records them).
 
     Raises:
-        ValueError: If the image encoder is a ViT or is not fully frozen.
+        ValueError: If a setting cannot work (see ``ProbeSettings.check``), or the image encoder
+            is a ViT or is not fully frozen.
     """
+    settings.check()
     if cfg.model.image.freeze_blocks != -1:
         raise ValueError(
             f"the probe caches image features, so it needs model.image.freeze_blocks=-1, got {cfg.model.image.freeze_blocks}"
         )
     root = Path(settings.data_dir)
-    if not (root / "questions" / "CLEVR_train_questions.json").is_file():
-        generate(
-            root,
-            image_size=cfg.model.image.img_size,
-            num_images={"train": settings.train_images, "val": 1, "test": settings.test_images},
-            questions_per_image=len(QUESTION_FAMILIES),
-            seed=0,
-        )
+    written = generate_once(
+        root,
+        stamp_name="probe_data.json",
+        image_size=cfg.model.image.img_size,
+        num_images={"train": settings.train_images, "val": 1, "test": settings.test_images},
+        questions_per_image=len(QUESTION_FAMILIES),
+        seed=0,
+    )
+    log(f"{'wrote' if written else 'reusing'} Sort-of-CLEVR at {cfg.model.image.img_size}px in {root}")
     train_records = read_clevr(root, "train")
     test_records = read_clevr(root, "test")
     vocab = AnswerVocab.build(train_records)

@@ -14,7 +14,7 @@ import platform
 import statistics
 from datetime import date
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -158,7 +158,9 @@ def format_markdown(summary: list[dict[str, Any]], runs: list[dict[str, Any]], s
     lines = [
         "# Ablation results",
         "",
-        f"- Config: `{meta['config']}`; output: `{meta['output_dir']}`",
+        f"- Config: `{meta['config']}`; output: `{meta['output_dir']}`; the merged config is in "
+        "`ablation_config.yaml` there",
+        "- Overrides: " + (" ".join(f"`{item}`" for item in meta.get("overrides", [])) or "none"),
         f"- Machine: {meta['machine']}; date {meta['date']}; wall time {meta['wall_seconds'] / 60:.1f} min",
         f"- Budget: {meta['max_steps']} optimizer steps per run, batch {meta['batch_size']} images "
         f"(all of their questions); accuracy on the `{meta['eval_split']}` split of the best checkpoint by "
@@ -315,7 +317,13 @@ def _write_plots(summary: list[dict[str, Any]], out: Path) -> list[str]:
 
 
 def write_report(
-    cfg: Any, runs: list[dict[str, Any]], speed: list[dict[str, Any]], out: Path, wall_seconds: float, config_path: str = ""
+    cfg: Any,
+    runs: list[dict[str, Any]],
+    speed: list[dict[str, Any]],
+    out: Path,
+    wall_seconds: float,
+    config_path: str = "",
+    overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Write results.md, results.csv, results.json and the plots into ``out``.
 
@@ -326,6 +334,7 @@ def write_report(
         out: The ablation's output folder.
         wall_seconds: Wall time of the whole ablation so far.
         config_path: The preset the ablation was loaded from, for the header.
+        overrides: The ``key=value`` overrides given on top of the preset, for the header.
 
     Returns:
         The dict written to results.json: ``meta``, ``summary``, ``runs`` and ``speed``.
@@ -336,6 +345,7 @@ def write_report(
     summary = summarize_runs(runs, speed, variant_names(cfg))
     meta = {
         "config": config_path or cfg.ablation.output_dir + "/ablation_config.yaml",
+        "overrides": list(overrides),
         "output_dir": str(out),
         "machine": _machine(),
         "date": date.today().isoformat(),

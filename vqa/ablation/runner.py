@@ -16,14 +16,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from omegaconf import OmegaConf
 
 from vqa.ablation.config import AblationConfig
 from vqa.ablation.report import write_report
 from vqa.ablation.spec import RunSpec, dataset_root, expand_specs, run_config_for, run_config_to_dict, variant_names, variant_options
-from vqa.data.sort_of_clevr import generate
+from vqa.data.sort_of_clevr import generate_once
 
 __all__ = ["run_ablation", "prepare_data", "run_child", "image_tokens"]
 
@@ -44,27 +44,19 @@ def prepare_data(cfg: AblationConfig, log: Callable[[str], None]) -> None:
     counts = {"train": data.train_images, "val": data.val_images, "test": data.test_images}
     for size in cfg.ablation.image_sizes:
         root = Path(dataset_root(cfg, size))
-        settings = {
-            "image_size": size,
-            "object_size": data.object_size,
-            "questions_per_image": data.questions_per_image,
-            "seed": data.seed,
-            "num_images": counts,
-        }
-        stamp = root / "ablation_data.json"
-        if stamp.is_file() and json.loads(stamp.read_text()) == settings:
-            log(f"data at {size}px: reusing {root}")
-            continue
         start = time.perf_counter()
-        generate(
+        written = generate_once(
             root,
+            stamp_name="ablation_data.json",
             image_size=size,
             object_size=data.object_size,
             num_images=counts,
             questions_per_image=data.questions_per_image,
             seed=data.seed,
         )
-        stamp.write_text(json.dumps(settings, indent=2) + "\n")
+        if not written:
+            log(f"data at {size}px: reusing {root}")
+            continue
         log(f"data at {size}px: wrote {root} in {time.perf_counter() - start:.0f}s")
 
 
@@ -181,7 +173,10 @@ def _speed_spec(cfg: AblationConfig, image_size: int) -> dict[str, Any]:
 
 
 def run_ablation(
-    cfg: AblationConfig, log: Optional[Callable[[str], None]] = None, config_path: str = ""
+    cfg: AblationConfig,
+    log: Optional[Callable[[str], None]] = None,
+    config_path: str = "",
+    overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run every spec of ``cfg`` one at a time, then the speed phase, and write the report.
 
@@ -192,6 +187,7 @@ def run_ablation(
         cfg: The ablation; see ``load_ablation_config``.
         log: Receives progress lines; defaults to this module's logger.
         config_path: The preset ``cfg`` was loaded from, named in results.md.
+        overrides: The ``key=value`` overrides applied on top of it, listed in results.md.
 
     Returns:
         The report dict that ``results.json`` contains: ``runs``, ``speed`` and ``summary``.
@@ -231,6 +227,8 @@ def run_ablation(
                 log(f"speed phase at {size}px: FAILED: {result['error']}")
             speed.append({"image_size": size, **result})
 
-    report = write_report(cfg, runs, speed, out, wall_seconds=time.perf_counter() - start, config_path=config_path)
+    report = write_report(
+        cfg, runs, speed, out, wall_seconds=time.perf_counter() - start, config_path=config_path, overrides=overrides
+    )
     log(f"wrote {out / 'results.md'}, results.csv, results.json and plots in {time.perf_counter() - start:.0f}s")
     return report

@@ -39,6 +39,7 @@ __all__ = [
     "sample_scene",
     "answer_question",
     "generate",
+    "generate_once",
 ]
 
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -252,3 +253,23 @@ def generate(
         _write_json(out_dir / "questions" / f"CLEVR_{split}_questions.json", {"info": info, "questions": questions})
         written[split] = len(questions)
     return written
+
+
+def generate_once(out_dir: Union[str, os.PathLike], stamp_name: str = "generated.json", **settings: Any) -> bool:
+    """Call ``generate(out_dir, **settings)`` unless ``out_dir`` already holds a copy written with the same settings.
+
+    The settings are stored in ``out_dir/stamp_name`` after a successful write. A folder with a
+    different or missing stamp is written again, so a changed image count or size never reuses
+    stale files.
+
+    Returns:
+        True if the data set was written, False if the existing copy was kept.
+    """
+    out_dir = Path(out_dir)
+    stamp = out_dir / stamp_name
+    recorded = json.loads(json.dumps(settings))  # the form the stamp file holds (tuples become lists)
+    if stamp.is_file() and json.loads(stamp.read_text()) == recorded:
+        return False
+    generate(out_dir, **settings)
+    stamp.write_text(json.dumps(recorded, indent=2) + "\n")
+    return True
