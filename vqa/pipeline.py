@@ -129,9 +129,12 @@ def train(cfg: RunConfig, resume: Optional[str] = None) -> dict[str, Any]:
         sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
     )
     try:
-        return trainer.fit(resume=resume)
-    finally:
-        cleanup_distributed()
+        summary = trainer.fit(resume=resume)
+    except BaseException:
+        cleanup_distributed(wait_for_peers=False)
+        raise
+    cleanup_distributed()
+    return summary
 
 
 def evaluate_saved_model(
@@ -161,8 +164,10 @@ def evaluate_saved_model(
         precision = resolve_precision("auto", context.device)
         single_answer = is_single_answer(dataset)
         result = evaluate(model.to(context.device), loader, context.device, precision, single_answer)
-    finally:
-        cleanup_distributed()
+    except BaseException:
+        cleanup_distributed(wait_for_peers=False)
+        raise
+    cleanup_distributed()
 
     report = score_predictions(result["predictions"], records, dataset)
     report["skipped_images"] = result.get("skipped", 0)
