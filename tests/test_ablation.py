@@ -271,7 +271,7 @@ def test_failing_run_is_recorded_and_others_continue(tmp_path):
 # --- learnability probe ---------------------------------------------------------------------------
 
 
-def test_probe_trains_on_cached_features_and_reports_every_family(tmp_path):
+def test_probe_scores_every_family(tmp_path):
     from vqa.ablation.probe import ProbeSettings, run_probe
     from vqa.data.sort_of_clevr import QUESTION_FAMILIES
 

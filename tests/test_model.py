@@ -292,7 +292,7 @@ def test_text_decoder_gives_gradients_to_every_layer():
     assert model.fusion.text_layers[0].cross_attn is not None
 
 
-def test_config_loading_rejects_unknown_choices_and_names_the_override():
+def test_config_rejects_unknown_choices():
     from vqa.config import load_config
 
     with pytest.raises(ValueError, match="model.head_image_pool='mean' is not supported; choose one of self, guided"):
