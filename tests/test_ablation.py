@@ -313,7 +313,8 @@ def test_probe_checks_settings_before_loading_anything(tmp_path):
         ({"eval_every": 0}, "eval_every=0 must be at least 1"),
         ({"train_images": 0}, "train_images=0 must be at least 1"),
         ({"batch_questions": 25}, "batch_questions=25 is larger than the 24 training questions"),
-        ({"logit_scale": 0.0}, "logit_scale=0.0 must be positive"),
+        ({"logit_scale": 0.0}, "logit_scale=0.0 must be a positive finite number"),
+        ({"logit_scale": float("nan")}, "logit_scale=nan must be a positive finite number"),
     ):
         with pytest.raises(ValueError, match=message):
             ProbeSettings(**{**good, **change}).check()

@@ -15,6 +15,7 @@ model choice and no data loader. ``scripts/probe_sort_of_clevr.py`` is its comma
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -73,8 +74,8 @@ class ProbeSettings:
                 f"batch_questions={self.batch_questions} is larger than the {questions} training questions "
                 f"({self.train_images} images with {len(QUESTION_FAMILIES)} each); use a smaller batch or more images"
             )
-        if self.logit_scale is not None and self.logit_scale <= 0:
-            raise ValueError(f"logit_scale={self.logit_scale} must be positive")
+        if self.logit_scale is not None and not (0 < self.logit_scale < math.inf):
+            raise ValueError(f"logit_scale={self.logit_scale} must be a positive finite number")
 
 
 def _encode_images(model: VQAModel, paths: list[str]) -> dict[str, torch.Tensor]:

@@ -199,6 +199,8 @@ def format_markdown(summary: list[dict[str, Any]], runs: list[dict[str, Any]], s
         "full/x is full attention's time over this variant's (above 1: this variant is faster).",
         "",
     ]
+    if not speed:
+        lines.append("Not run (`ablation.speed: false`).")
     for phase in speed:
         if phase.get("status") != "ok":
             lines.append(f"- {phase['image_size']}px: speed phase failed: {phase.get('error')}")
@@ -208,7 +210,7 @@ def format_markdown(summary: list[dict[str, Any]], runs: list[dict[str, Any]], s
                 f"- {phase['image_size']}px: {phase['device']}, {phase['precision']}, {phase['threads']} threads, "
                 f"batch of {first.get('batch_questions', '-')} questions, {first.get('rounds', '-')} timed rounds"
             )
-    lines += [
+    lines += [] if not speed else [
         "",
         "| size | variant | train step ms | train q/s | fusion fwd+bwd ms | inference ms/batch | full/x train | "
         "full/x fusion | full/x inference | error |",
