@@ -22,7 +22,7 @@ from vqa.ablation.probe import ProbeSettings, run_probe
 from vqa.config import load_config
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
@@ -38,7 +38,12 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", default=None, help="None: runs/probe/sort_of_clevr_<size>px")
     parser.add_argument("--out", default=None, help="write the evaluations here as JSON")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, for example optim.lr=1e-3 model.image.img_size=64")
-    args = parser.parse_intermixed_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    # Intermixed parsing accepts overrides both before and after the options.
+    args = build_parser().parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
         # The ablation schema gives ablation.backend_options; its checks on the run budget do not
@@ -47,10 +52,12 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+
     # The backend gets the same options as in the ablation runs, unless the preset sets its own.
     options = cfg.ablation.backend_options.get(cfg.model.fusion.attention)
     if options and not cfg.model.fusion.attention_options:
         cfg.model.fusion.attention_options = dict(options)
+
     size = cfg.model.image.img_size
     settings = ProbeSettings(
         data_dir=args.data_dir or f"runs/probe/sort_of_clevr_{size}px",
@@ -68,6 +75,7 @@ def main(argv=None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"settings": vars(settings), "overrides": args.overrides, "history": history}, indent=2))

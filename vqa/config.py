@@ -95,8 +95,8 @@ class FusionConfig:
     ffn_ratio: float = 4.0
     dropout: float = 0.1
     norm: str = "pre"  # pre | post
-    # Which stream cross-attends to the other: image (MCAN: the image stream reads the question,
-    # once per question) or text (the question reads the image; the image stream runs once per image).
+    # Which stream cross-attends to the other. image (MCAN): the image stream reads the question, so
+    # it runs once per question. text: the question reads the image, so the image stream runs once per image.
     decoder: str = "image"
     # Extra options for ``vqa.attention.build_attention``, for example
     # ``{num_latents: 16, reduced_dim: 24}`` for DBA or ``{max_len: 1024}`` for Linformer.

@@ -3,13 +3,13 @@
 Shape letters: I distinct images, B questions, T question tokens, N image tokens,
 D fusion width, L latent slots.
 
-``fusion.decoder`` says which stream reads the other:
+``fusion.decoder`` selects which stream cross-attends to the other:
 
 - ``image`` (MCAN's encoder-decoder, Yu et al., "Deep Modular Co-Attention Networks for
   Visual Question Answering", CVPR 2019): the question runs ``depth`` layers of
   self-attention and FFN; the image runs ``depth`` layers of self-attention,
-  cross-attention to the final question stream, and FFN. Every image layer depends on
-  the question, so the image stream runs once per question.
+  cross-attention to the final question stream, and FFN. Each image layer cross-attends
+  to the question, so the image stream runs once per question.
 - ``text``: the image runs ``depth`` layers of self-attention and FFN; the question runs
   ``depth`` layers of self-attention, cross-attention to the final image stream, and FFN.
   The image stream does not depend on the question, so it runs once per distinct image

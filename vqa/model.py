@@ -69,7 +69,7 @@ class GuidedAttentionPool(nn.Module):
 
     Top-down attention as in bottom-up top-down VQA (Anderson et al., CVPR 2018): the score of
     token i is ``logit_scale * w . GELU(W_v x_i * W_q q)``, so a token scores high when it
-    matches what the question asks for, for example the colour it names.
+    matches a property named in the question, for example a colour.
 
     ``logit_scale`` sharpens the softmax at initialization. With PyTorch's default init the
     scores of all N tokens start close together, the weights stay near 1/N, and the gradient

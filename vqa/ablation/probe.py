@@ -29,7 +29,7 @@ from PIL import Image
 from vqa.config import RunConfig
 from vqa.data import AnswerVocab, read_clevr
 from vqa.data.sort_of_clevr import QUESTION_FAMILIES, RELATIONAL_FAMILIES, generate_once
-from vqa.model import GuidedAttentionPool, VQAModel
+from vqa.model import VQAModel
 from vqa.training.optim import build_optimizer, build_scheduler
 
 __all__ = ["ProbeSettings", "run_probe"]
@@ -98,9 +98,9 @@ def run_probe(
 ) -> list[dict[str, Any]]:
     """Train and evaluate with ``settings``; return one record per evaluation.
 
-    Each record holds ``step``, ``seconds`` (training time so far), ``loss`` (the last batch),
+    Each record contains ``step``, ``seconds`` (training time so far), ``loss`` (the last batch),
     ``accuracy``, ``relational``, ``non_relational`` and ``families`` (accuracy per question
-    family); the accuracies are in percent.
+    family). The accuracies are in percent.
 
     The data set is generated into ``settings.data_dir`` unless that folder already holds a copy
     written with the same image size and counts (``probe_data.json`` records them).
@@ -114,6 +114,8 @@ def run_probe(
         raise ValueError(
             f"the probe caches image features, so it needs model.image.freeze_blocks=-1, got {cfg.model.image.freeze_blocks}"
         )
+    if settings.logit_scale is not None and cfg.model.head_image_pool != "guided":
+        raise ValueError("logit_scale applies to model.head_image_pool=guided only")
     root = Path(settings.data_dir)
     written = generate_once(
         root,
@@ -134,8 +136,6 @@ def run_probe(
     if model.image_encoder.is_vit:
         raise ValueError(f"the probe needs a CNN image encoder, got the ViT {cfg.model.image.name!r}")
     if settings.logit_scale is not None:
-        if not isinstance(model.head.image_pool, GuidedAttentionPool):
-            raise ValueError("logit_scale applies to model.head_image_pool=guided only")
         model.head.image_pool.logit_scale = settings.logit_scale
 
     start = time.perf_counter()

@@ -201,21 +201,22 @@ def format_markdown(summary: list[dict[str, Any]], runs: list[dict[str, Any]], s
     ]
     if not speed:
         lines.append("Not run (`ablation.speed: false`).")
-    for phase in speed:
-        if phase.get("status") != "ok":
-            lines.append(f"- {phase['image_size']}px: speed phase failed: {phase.get('error')}")
-        else:
-            first = next((r for r in phase["records"] if r.get("batch_questions")), {})
-            lines.append(
-                f"- {phase['image_size']}px: {phase['device']}, {phase['precision']}, {phase['threads']} threads, "
-                f"batch of {first.get('batch_questions', '-')} questions, {first.get('rounds', '-')} timed rounds"
-            )
-    lines += [] if not speed else [
-        "",
-        "| size | variant | train step ms | train q/s | fusion fwd+bwd ms | inference ms/batch | full/x train | "
-        "full/x fusion | full/x inference | error |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    else:
+        for phase in speed:
+            if phase.get("status") != "ok":
+                lines.append(f"- {phase['image_size']}px: speed phase failed: {phase.get('error')}")
+            else:
+                first = next((r for r in phase["records"] if r.get("batch_questions")), {})
+                lines.append(
+                    f"- {phase['image_size']}px: {phase['device']}, {phase['precision']}, {phase['threads']} threads, "
+                    f"batch of {first.get('batch_questions', '-')} questions, {first.get('rounds', '-')} timed rounds"
+                )
+        lines += [
+            "",
+            "| size | variant | train step ms | train q/s | fusion fwd+bwd ms | inference ms/batch | full/x train | "
+            "full/x fusion | full/x inference | error |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
     for row in summary:
         if row.get("sbs_train_step_ms") is None and not row.get("sbs_error"):
             continue

@@ -256,7 +256,7 @@ def generate(
 
 
 def generate_once(out_dir: Union[str, os.PathLike], stamp_name: str = "generated.json", **settings: Any) -> bool:
-    """Call ``generate(out_dir, **settings)`` unless ``out_dir`` already holds a copy written with the same settings.
+    """Call ``generate(out_dir, **settings)`` unless ``out_dir`` already contains a copy written with the same settings.
 
     The settings are stored in ``out_dir/stamp_name`` after a successful write. A folder with a
     different or missing stamp is written again, so a changed image count or size never reuses
@@ -267,7 +267,8 @@ def generate_once(out_dir: Union[str, os.PathLike], stamp_name: str = "generated
     """
     out_dir = Path(out_dir)
     stamp = out_dir / stamp_name
-    recorded = json.loads(json.dumps(settings))  # the form the stamp file holds (tuples become lists)
+    # Compare in the form the stamp file stores, where tuples become lists.
+    recorded = json.loads(json.dumps(settings))
     if stamp.is_file() and json.loads(stamp.read_text()) == recorded:
         return False
     generate(out_dir, **settings)
